@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Union
 
 # Special output ports (OpenFlow 1.3+ numbering).
 IN_PORT = 0xFFFFFFF8
@@ -118,7 +117,9 @@ class DecTtl:
     """Decrement the IP TTL / hop limit (drops at zero)."""
 
 
-Action = Union[Output, SetField, Move, Ct, CtClear, Group, Resubmit, GotoTable, Controller, DecTtl]
+Action = (
+    Output | SetField | Move | Ct | CtClear | Group | Resubmit | GotoTable | Controller | DecTtl
+)
 
 # Owners: every flow and group belongs to one owner, a short key naming the thing it serves:
 # "node" (static pipeline), "port:<name>" (a local container), "peer:<node ip>" (a tunnel),

@@ -32,8 +32,12 @@ fi
 stamp="$venv/.oaknet-installed"
 if [[ ! -f "$stamp" || "$repo/pyproject.toml" -nt "$stamp" ]]; then
     say "installing oaknet and its Python dependencies into $venv"
-    "$venv/bin/pip" install -q --upgrade pip >/dev/null
-    "$venv/bin/pip" install -q -e "$repo[test]"
+    log="$venv/pip-install.log"
+    if ! "$venv/bin/pip" install -e "$repo[test]" >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        say "pip install failed; full log: $log"
+        exit 1
+    fi
     touch "$stamp"
 else
     say "python packages present"

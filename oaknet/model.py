@@ -30,6 +30,11 @@ class ModelError(ValueError):
         self.message = message
 
 
+def valid_name_part(text: object) -> bool:
+    """True when ``text`` can be one part of a job name (1-30 letters or digits)."""
+    return isinstance(text, str) and bool(_NAME_PART.match(text))
+
+
 def parse_job_name(name: str) -> tuple[str, str, str, str]:
     """Split ``app.appns.service.servicens`` into its four parts, or raise ModelError."""
     if not isinstance(name, str):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 from flask import Flask
 from waitress.server import create_server
 
+from oaknet import config as cfgmod
 from oaknet.config import ServerConfig
 
 LOG = logging.getLogger(__name__)
@@ -135,3 +138,42 @@ def _serve_gunicorn(factory: Callable[[], Flask], cfg: ServerConfig, name: str) 
 
     LOG.info("%s serving on %s:%d (gunicorn, %d workers)", name, host, cfg.port, cfg.workers)
     _App().run()
+
+
+def manager_parser(name: str, default_port: int) -> argparse.ArgumentParser:
+    """The command-line flags every manager shares; the caller adds its own."""
+    parser = argparse.ArgumentParser(prog=f"python -m {name}", description=f"Run the {name}.")
+    parser.add_argument("--config", help="YAML or JSON config file")
+    parser.add_argument("--host", help="listen address (default ::)")
+    parser.add_argument("--port", type=int, help=f"listen port (default {default_port}; 0 = any)")
+    parser.add_argument("--port-file", help="write the bound port to this file")
+    parser.add_argument("--store", help="store URL: sqlite:///path.db or mongodb://host/db")
+    parser.add_argument("--log-level")
+    return parser
+
+
+def run_manager(name: str, config_cls: type, create_app: Callable, args, overrides: dict) -> int:
+    """Load and validate a manager's config from file, env and flags, then serve it.
+
+    Returns the process exit code: 2 with a one-line message when the config is unusable.
+    """
+    common = {
+        "server.host": args.host,
+        "server.port": args.port,
+        "server.port_file": args.port_file,
+        "store.url": args.store,
+        "log_level": args.log_level,
+    }
+    try:
+        config = cfgmod.load(config_cls, args.config, overrides={**common, **overrides})
+    except cfgmod.ConfigError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger(name).info("config: %s", cfgmod.to_dict(config))
+    serve(lambda: create_app(config), config.server, name)
+    return 0

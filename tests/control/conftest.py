@@ -135,30 +135,21 @@ def deploy_body(job_id: str, app: str = "shop", svc: str = "web", **extra) -> di
 
 
 @contextlib.contextmanager
-def root_process(tmp_path: Path, db: Path, name: str):
-    """``python -m root_manager`` as a real process on the shared SQLite file ``db``."""
+def manager_process(module: str, name: str, tmp_path: Path, config: dict):
+    """``python -m <module>`` as a real process with ``config``; yields its base URL.
+
+    The server section is filled in (loopback, any port, a port file to learn it), the output
+    goes to ``<name>.log``, and the process gets SIGINT (then SIGKILL) when the block ends.
+    """
     cfg_file = tmp_path / f"{name}.yaml"
     port_file = tmp_path / f"{name}.port"
-    cfg_file.write_text(
-        yaml.safe_dump(
-            {
-                "server": {
-                    "host": "127.0.0.1",
-                    "port": 0,
-                    "port_file": str(port_file),
-                    "threads": 32,
-                },
-                "store": {"url": f"sqlite:///{db}"},
-                "auth": {"tokens": TOKENS},
-                "feed": {"poll_interval": 0.05},
-                "log_level": "WARNING",
-            }
-        )
-    )
     log_path = tmp_path / f"{name}.log"
+    server = {"host": "127.0.0.1", "port": 0, "port_file": str(port_file)}
+    config = {**config, "server": {**server, **config.get("server", {})}}
+    cfg_file.write_text(yaml.safe_dump(config))
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "root_manager", "--config", str(cfg_file)],
+            [sys.executable, "-m", module, "--config", str(cfg_file)],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -178,3 +169,15 @@ def root_process(tmp_path: Path, db: Path, name: str):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def root_process(tmp_path: Path, db: Path, name: str):
+    """``python -m root_manager`` as a real process on the shared SQLite file ``db``."""
+    config = {
+        "server": {"threads": 32},
+        "store": {"url": f"sqlite:///{db}"},
+        "auth": {"tokens": TOKENS},
+        "feed": {"poll_interval": 0.05},
+        "log_level": "WARNING",
+    }
+    return manager_process("root_manager", name, tmp_path, config)

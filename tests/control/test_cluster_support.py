@@ -6,19 +6,13 @@ is not a mock of oaknet code.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cluster_manager.app import create_app
 from cluster_manager.config import ClusterConfig, RootLinkConfig
@@ -26,7 +20,7 @@ from oaknet.auth import ADMIN, NODE, ORCHESTRATOR, READER
 from oaknet.client import Client, ClientError, Unavailable
 from oaknet.config import AuthConfig, FeedConfig, ServerConfig, StoreConfig
 from oaknet.serving import ServerThread
-from tests.control.conftest import REPO, RootServer, deploy_body
+from tests.control.conftest import RootServer, deploy_body, manager_process
 
 NODES = ("a1", "a2", "a3", "b1", "b2", "b3", *(f"n{i:02d}" for i in range(12)))
 # The cluster managers' own credentials: the orchestrator side, a reader, an admin, nodes.
@@ -243,48 +237,14 @@ def deploy_instance(
     return root.orch.post("/api/net/instance/deploy", body)
 
 
-@contextlib.contextmanager
-def cluster_process(tmp_path: Path, cluster_id: str, root_url: str) -> Iterator[str]:
+def cluster_process(tmp_path: Path, cluster_id: str, root_url: str):
     """``python -m cluster_manager`` as a real process; yields its base URL."""
-    cfg_file = tmp_path / f"{cluster_id}.yaml"
-    port_file = tmp_path / f"{cluster_id}.port"
-    log_path = tmp_path / f"{cluster_id}.log"
-    cfg_file.write_text(
-        yaml.safe_dump(
-            {
-                "cluster_id": cluster_id,
-                "server": {
-                    "host": "127.0.0.1",
-                    "port": 0,
-                    "port_file": str(port_file),
-                    "threads": 16,
-                },
-                "store": {"url": f"sqlite:///{tmp_path / cluster_id}.db"},
-                "auth": {"tokens": CLUSTER_TOKENS},
-                "root": {"url": root_url, "token": f"tok-{cluster_id}", "watch_timeout": 0.5},
-                "log_level": "INFO",
-            }
-        )
-    )
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster_manager", "--config", str(cfg_file)],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while not port_file.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{cluster_id} did not start: {log_path.read_text()}")
-                time.sleep(0.05)
-            yield f"http://127.0.0.1:{int(port_file.read_text())}"
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    config = {
+        "cluster_id": cluster_id,
+        "server": {"threads": 16},
+        "store": {"url": f"sqlite:///{tmp_path / cluster_id}.db"},
+        "auth": {"tokens": CLUSTER_TOKENS},
+        "root": {"url": root_url, "token": f"tok-{cluster_id}", "watch_timeout": 0.5},
+        "log_level": "INFO",
+    }
+    return manager_process("cluster_manager", cluster_id, tmp_path, config)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install what oaknet needs on a Debian 12 machine: system packages and a project venv (.venv).
+# Usage: install.sh [EXTRA_APT_PACKAGE...]   (the test run adds the tools only tests use)
 # Safe to run again: it only installs what is missing. Needs root for the apt step.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${OAKNET_VENV:-$repo/.venv}"
-apt_packages=(openvswitch-switch iproute2 ethtool iperf3 iputils-ping python3-venv curl)
+apt_packages=(openvswitch-switch iproute2 ethtool iperf3 iputils-ping python3-venv curl "$@")
 
 say() { printf '[install] %s\n' "$*"; }
 
@@ -33,7 +34,7 @@ stamp="$venv/.oaknet-installed"
 if [[ ! -f "$stamp" || "$repo/pyproject.toml" -nt "$stamp" ]]; then
     say "installing oaknet and its Python dependencies into $venv"
     log="$venv/pip-install.log"
-    if ! "$venv/bin/pip" install -e "$repo[test]" >"$log" 2>&1; then
+    if ! "$venv/bin/pip" install -e "${repo}[test]" >"$log" 2>&1; then
         tail -n 30 "$log" >&2
         say "pip install failed; full log: $log"
         exit 1

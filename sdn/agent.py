@@ -1,0 +1,406 @@
+"""The node agent's state and operations: containers, peers, the table and the desired flows.
+
+No OpenFlow here: every change recomputes the affected owners with ``sdn.logic.Pipeline`` and
+hands the difference (a ``Delta``) to the switch side, which sends it as one bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import zlib
+from collections.abc import Iterable
+
+from oaknet.model import CLOSEST, Service
+from sdn import pipeline as pl
+from sdn.config import AgentConfig
+from sdn.conntrack import Conntrack, ConntrackError
+from sdn.delta import Delta, SwitchSink, Unit, diff_units
+from sdn.local import (
+    AddressPool,
+    Container,
+    LocalError,
+    SavedState,
+    load_state,
+    parse_port_mappings,
+    port_name_of,
+    restore_containers,
+    save_state,
+)
+from sdn.logic import LocalPort, NodeContext, Peer, Pipeline, peer_owner, port_owner
+from sdn.logic_portmap import Uplink
+from sdn.nodeops import NodeOps
+from sdn.spec import NODE_OWNER, Flow, GroupSpec, owner_id, punt_owner, service_owner
+from sdn.table import place_local, remote_addresses
+
+LOG = logging.getLogger(__name__)
+
+PUNT_UNIT = "punt"
+UPLINK_UNIT = "uplink"
+PUNT_KINDS = {owner_id(punt_owner(kind)): kind for kind in ("reject", "unknown")}
+
+
+def instance_mac(service: str, instance: int) -> str:
+    """A stable, locally administered MAC for an instance's container interface."""
+    digest = zlib.crc32(f"mac:{service}#{instance}".encode()).to_bytes(4, "big")
+    return ":".join(f"{b:02x}" for b in (0x02, 0x6F, *digest))
+
+
+class Agent:
+    """One node's agent state; every public operation is thread-safe."""
+
+    def __init__(
+        self, cfg: AgentConfig, ops: NodeOps | None = None, conntrack: Conntrack | None = None
+    ):
+        self.cfg = cfg
+        self.ops = ops or NodeOps(cfg)
+        self.conntrack = conntrack or Conntrack(cfg.ovs_run_dir)
+        self.ctx = NodeContext(
+            cfg.node_ip,
+            cfg.subnet_v4,
+            cfg.subnet_v6,
+            cfg.gateway_mac,
+            cfg.service_ranges_v4,
+            cfg.service_ranges_v6,
+        )
+        self.pipeline = Pipeline(self.ctx)
+        self.pool = AddressPool(cfg.subnet_v4, cfg.subnet_v6)
+        self.sink: SwitchSink | None = None
+        self.file_table: dict[str, Service] = {}
+        self.table: dict[str, Service] = {}  # the file table with local placements
+        self.containers: dict[tuple[str, int], Container] = {}
+        self.peers: dict[str, Peer] = {}
+        self.costs: dict[str, float] = {}
+        self.registered_id: str | None = None
+        self.uplink: Uplink | None = None
+        self._phy_flows: list[Flow] | None = None  # what the underlay bridge was given
+        self._units: dict[str, Unit] = {}
+        self._group_owner: dict[int, str] = {}
+        self._lock = threading.RLock()  # guards the state above
+        self._ops = threading.Lock()  # serialises mutations (attach, detach, updates)
+
+    # -- start -----------------------------------------------------------------------------
+
+    def start(self, table: dict[str, Service]) -> None:
+        """Bring up bridge and tunnels, rebuild local state from OVS, compute every owner."""
+        self.ops.ensure_bridge()
+        peers = {ip: Peer(ip, self.ops.ensure_tunnel(ip)) for ip in self.cfg.peers}
+        uplink = self.ops.ensure_uplink()
+        restored, costs = self._restore()
+        with self._ops, self._lock:
+            self.peers = peers
+            self.uplink = uplink
+            # The last measured ranking until the RTT meter has a new one: a restart must not
+            # re-order the closest groups.
+            self.costs = {ip: costs.get(ip, float("inf")) for ip in peers}
+            self.file_table = dict(table)
+            self.containers = {c.key: c for c in restored}
+            self.table = {name: self._effective(svc) for name, svc in self.file_table.items()}
+            units = [NODE_OWNER, PUNT_UNIT, UPLINK_UNIT, *(peer_owner(ip) for ip in peers)]
+            units += [port_owner(c.port_name) for c in restored]
+            units += [service_owner(name) for name in self.table]
+            self._recompute(units)
+            self._sync_phy(force=True)
+        LOG.info(
+            "agent %s ready: %d services, %d local containers, %d peers, %d flows",
+            self.cfg.node_name,
+            len(self.table),
+            len(restored),
+            len(peers),
+            sum(len(u.flows) for u in self._units.values()),
+        )
+
+    def _restore(self) -> tuple[list[Container], dict[str, float]]:
+        """Containers from the OVS ports (checked against the state file), and the persisted
+        peer costs; ports whose veth is gone are removed."""
+        saved = load_state(self.cfg.state_dir)
+        found = restore_containers(self.ops.list_ports(), saved, self.pool, self.ops.detach)
+        self.costs = dict(saved.costs or {})
+        self._save(found)
+        return found, self.costs
+
+    # -- containers ------------------------------------------------------------------------
+
+    def attach(
+        self, netns: str | int, service: str, instance: int, port_mappings: str | None = None
+    ) -> Container:
+        """Attach a container of (service, instance); all or nothing; LocalError on bad input."""
+        mappings = parse_port_mappings(port_mappings)
+        with self._ops:
+            with self._lock:
+                self._check_attachable(service, instance, mappings)
+                idx, ip4, ip6 = self.pool.allocate()
+            port_name = port_name_of(service, instance)
+            mac = instance_mac(service, instance)
+            record = Container(
+                service, instance, port_name, str(netns), 0, mac, ip4, ip6, mappings
+            )
+            try:
+                ofport = self.ops.attach(netns, record)
+            except BaseException:
+                with self._lock:
+                    self.pool.release(idx)
+                raise
+            record = dataclasses.replace(record, ofport=ofport)
+            with self._lock:
+                self.containers[record.key] = record
+                self._refresh_service(service)
+                delta = self._recompute([port_owner(port_name), service_owner(service)])
+                self._save(list(self.containers.values()))
+            self._submit(delta, wait=bool(mappings))
+            if mappings:
+                self._sync_phy()
+        LOG.info(
+            "attached %s instance %d as %s (%s, %s)", service, instance, port_name, ip4, ip6 or "-"
+        )
+        return record
+
+    def detach(self, service: str, instance: int) -> Container | None:
+        """Detach (service, instance) if attached: flows, then conntrack, then the veth."""
+        with self._ops:
+            with self._lock:
+                record = self.containers.pop((service, instance), None)
+                if record is None:
+                    return None
+                self._refresh_service(service)
+                delta = self._recompute([port_owner(record.port_name), service_owner(service)])
+                self._save(list(self.containers.values()))
+            # New connections must stop reaching the instance before its entries go, or a
+            # packet in between would create a new entry to it.
+            self._submit(delta, wait=True)
+            if record.port_mappings:
+                self._sync_phy()
+            self._flush([record.namespace_ip, record.namespace_ip_v6])
+            self.ops.detach(record.port_name)
+            with self._lock:
+                idx = self.pool.index_of(record.namespace_ip) if record.namespace_ip else None
+                if idx is not None:
+                    self.pool.release(idx)
+                self._save(list(self.containers.values()))
+        LOG.info("detached %s instance %d (%s)", service, instance, record.port_name)
+        return record
+
+    def local_port(self, c: Container) -> LocalPort:
+        """The pipeline's view of a local container (with its instance IPs from the table)."""
+        svc = self.file_table.get(c.service)
+        inst = svc.instance(c.instance) if svc is not None else None
+        ip4, ip6 = (inst.instance_ip, inst.instance_ip_v6) if inst else (None, None)
+        return LocalPort(
+            c.port_name,
+            c.ofport,
+            c.mac,
+            c.namespace_ip,
+            c.namespace_ip_v6,
+            c.service,
+            c.instance,
+            ip4,
+            ip6,
+            c.port_mappings,
+        )
+
+    # -- table and costs -------------------------------------------------------------------
+
+    def set_table(self, table: dict[str, Service]) -> int:
+        """Replace the service table; recompute only the services that changed."""
+        with self._ops:
+            with self._lock:
+                old = self.table
+                self.file_table = dict(table)
+                self.table = {name: self._effective(svc) for name, svc in table.items()}
+                changed = [
+                    n for n in set(old) | set(self.table) if old.get(n) != self.table.get(n)
+                ]
+                # A local container's instance IP may have changed: its port flows follow.
+                ports = [
+                    port_owner(c.port_name)
+                    for c in self.containers.values()
+                    if c.service in changed
+                ]
+                delta = self._recompute([service_owner(n) for n in changed] + ports)
+                gone = sorted(
+                    remote_addresses(old, self.peers) - remote_addresses(self.table, self.peers)
+                )
+            if changed:
+                LOG.info("service table: %d services changed (%s)", len(changed), delta.summary())
+            self._submit(delta, wait=bool(gone))
+            self._flush(gone)
+        return len(changed)
+
+    def set_costs(self, costs: dict[str, float]) -> None:
+        """New RTT costs per peer: re-order the closest groups that have remote instances."""
+        with self._ops:
+            with self._lock:
+                self.costs = {ip: costs.get(ip, float("inf")) for ip in self.peers}
+                units = [
+                    service_owner(name)
+                    for name, svc in self.table.items()
+                    if svc.service_ip(CLOSEST) is not None
+                    and any(i.node_ip in self.peers for i in svc.instances)
+                ]
+                delta = self._recompute(units)
+                self._save(list(self.containers.values()))
+            if delta:
+                LOG.info(
+                    "peer costs changed (%s): %s",
+                    ", ".join(f"{ip}={c:.2f}ms" for ip, c in sorted(costs.items())),
+                    delta.summary(),
+                )
+            self._submit(delta)
+
+    # -- views for the switch and the API --------------------------------------------------
+
+    def desired(self) -> tuple[list[Flow], list[GroupSpec]]:
+        """Every flow and group the switch should hold now."""
+        with self._lock:
+            flows = [f for u in self._units.values() for f in u.flows.values()]
+            groups = [g for u in self._units.values() for g in u.groups.values()]
+        return flows, groups
+
+    def counts(self) -> tuple[int, int]:
+        """How many flows and groups are desired."""
+        with self._lock:
+            return (
+                sum(len(u.flows) for u in self._units.values()),
+                sum(len(u.groups) for u in self._units.values()),
+            )
+
+    @staticmethod
+    def punt_kind(cookie: int) -> str | None:
+        """Why a packet was sent to the agent ('reject', 'unknown'), from its flow's cookie."""
+        return PUNT_KINDS.get(cookie >> 32)
+
+    def services(self) -> list[Service]:
+        """The table as this node uses it (local placements applied)."""
+        with self._lock:
+            return list(self.table.values())
+
+    def list_containers(self) -> list[Container]:
+        """The containers attached on this node."""
+        with self._lock:
+            return sorted(self.containers.values(), key=lambda c: c.key)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _effective(self, svc: Service) -> Service:
+        return place_local(svc, self.containers, self.cfg.node_ip)
+
+    def _refresh_service(self, name: str) -> None:
+        svc = self.file_table.get(name)
+        if svc is not None:
+            self.table[name] = self._effective(svc)
+
+    def _compute(self, unit: str) -> Unit:
+        flows: list[Flow] = []
+        groups: list[GroupSpec] = []
+        kind, _, key = unit.partition(":")
+        if unit == NODE_OWNER:
+            flows = self.pipeline.node_flows()
+        elif unit == PUNT_UNIT:
+            flows = self.pipeline.punt_flows()
+        elif unit == UPLINK_UNIT:
+            flows = self.pipeline.uplink_flows(self.uplink) if self.uplink else []
+        elif kind == "port":
+            c = next((c for c in self.containers.values() if c.port_name == key), None)
+            if c is not None:
+                flows = self.pipeline.port_flows(self.local_port(c))
+        elif kind == "peer":
+            if key in self.peers:
+                flows = self.pipeline.peer_flows(self.peers[key])
+        elif kind == "service":
+            svc = self.table.get(key)
+            if svc is not None:
+                ports = {
+                    c.port_name: self.local_port(c)
+                    for c in self.containers.values()
+                    if c.service == key
+                }
+                flows, groups = self.pipeline.service_flows(svc, ports, self.peers, self.costs)
+        else:
+            raise ValueError(f"unknown owner unit {unit!r}")
+        return Unit({f.cookie: f for f in flows}, {g.group_id: g for g in groups})
+
+    def _recompute(self, units: Iterable[str]) -> Delta:
+        """Recompute ``units`` (under the state lock) and return the change against before."""
+        delta = Delta()
+        for unit in dict.fromkeys(units):
+            new = self._compute(unit)
+            for gid in list(new.groups):
+                holder = self._group_owner.setdefault(gid, unit)
+                if holder != unit:
+                    LOG.error(
+                        "group %#x of %s is held by %s; %s keeps it", gid, unit, holder, holder
+                    )
+                    new.groups.pop(gid)
+            old = self._units.get(unit, Unit())
+            for gid in old.groups:
+                if gid not in new.groups and self._group_owner.get(gid) == unit:
+                    del self._group_owner[gid]
+            diff_units(old, new, delta)
+            if new.flows or new.groups:
+                self._units[unit] = new
+            else:
+                self._units.pop(unit, None)
+        return delta
+
+    def _check_attachable(self, service: str, instance: int, mappings) -> None:
+        """Raise LocalError unless (service, instance) may be attached here now."""
+        svc = self.file_table.get(service)
+        if svc is None:
+            detail = f"{service} is not in the service table"
+            raise LocalError(404, "unknown_service", "serviceName", detail)
+        if svc.instance(instance) is None:
+            detail = f"{service} has no instance {instance} in the table"
+            raise LocalError(404, "unknown_instance", "instanceNumber", detail)
+        if (service, instance) in self.containers:
+            detail = f"{service} instance {instance} is attached already"
+            raise LocalError(409, "duplicate_instance", "instanceNumber", detail)
+        taken = {
+            (m.host_port, m.protocol): c for c in self.containers.values() for m in c.port_mappings
+        }
+        for m in mappings:
+            other = taken.get((m.host_port, m.protocol))
+            if other is not None:
+                detail = (
+                    f"host port {m.host_port}/{m.protocol} is mapped to {other.service} "
+                    f"instance {other.instance} already"
+                )
+                raise LocalError(409, "port_conflict", "portMappings", detail)
+        if mappings and self.uplink is None:
+            detail = "this node has no underlay bridge to expose ports on"
+            raise LocalError(409, "no_uplink", "portMappings", detail)
+
+    def _sync_phy(self, force: bool = False) -> None:
+        """Give the underlay bridge its flows (mapped host ports) when they changed."""
+        if self.uplink is None:
+            return
+        with self._lock:
+            ports = [self.local_port(c) for c in self.containers.values() if c.port_mappings]
+            flows = self.pipeline.phy_flows(self.uplink, ports)
+        if not force and flows == self._phy_flows:
+            return
+        try:
+            self.ops.replace_phy_flows(flows)
+            self._phy_flows = flows
+        except (RuntimeError, OSError) as exc:
+            LOG.error("underlay bridge flows not updated: %s", exc)
+
+    def _submit(self, delta: Delta, wait: bool = False) -> None:
+        sink = self.sink
+        if not delta or sink is None:
+            return
+        done = sink.submit(delta)
+        if wait and sink.connected() and not done.wait(10):
+            LOG.warning("switch did not confirm %s within 10 s", delta.summary())
+
+    def _flush(self, addresses: Iterable[str | None]) -> None:
+        for addr in addresses:
+            if not addr:
+                continue
+            try:
+                self.conntrack.flush_reply_src(pl.ZONE_DNAT, addr)
+            except ConntrackError as exc:
+                LOG.warning("conntrack flush of %s failed: %s", addr, exc)
+
+    def _save(self, containers: list[Container]) -> None:
+        save_state(self.cfg.state_dir, SavedState(containers, self.pool.cursor, self.costs))

@@ -181,3 +181,15 @@ def root_process(tmp_path: Path, db: Path, name: str):
         "log_level": "WARNING",
     }
     return manager_process("root_manager", name, tmp_path, config)
+
+
+def app_routes(app, sample_args: dict):
+    """Every (rule, method, concrete path) of a Flask app, path arguments filled from samples."""
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule
+        for arg in rule.arguments:
+            path = path.replace(f"<{arg}>", sample_args[arg])
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            yield rule, method, path

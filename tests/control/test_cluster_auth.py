@@ -6,6 +6,7 @@ import requests
 from oaknet.auth import issue_jwt
 from oaknet.client import ClientError
 from oaknet.web import view_roles
+from tests.control.conftest import app_routes
 from tests.control.test_cluster_support import c1_fixture  # noqa: F401  (the c1 fixture)
 
 pytestmark = pytest.mark.control
@@ -18,14 +19,7 @@ OTHER_SIDE = {"node": "tok-cm-orch", "orchestrator": "tok-a1", "reader": "tok-a1
 
 
 def routes(app):
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
-        path = rule.rule
-        for arg in rule.arguments:
-            path = path.replace(f"<{arg}>", SAMPLE_ARGS[arg])
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            yield rule, method, path
+    return app_routes(app, SAMPLE_ARGS)
 
 
 def test_every_route_is_protected_unless_listed_public(c1):

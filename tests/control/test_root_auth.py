@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from oaknet.auth import Authenticator, AuthError, issue_jwt
 from oaknet.config import AuthConfig, ConfigError
 from oaknet.web import view_roles
-from tests.control.conftest import JWT_SECRET, deploy_body
+from tests.control.conftest import JWT_SECRET, app_routes, deploy_body
 
 pytestmark = pytest.mark.control
 
@@ -28,14 +28,7 @@ SAMPLE_ARGS = {
 
 
 def routes(app):
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
-        path = rule.rule
-        for arg in rule.arguments:
-            path = path.replace(f"<{arg}>", SAMPLE_ARGS[arg])
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            yield rule, method, path
+    return app_routes(app, SAMPLE_ARGS)
 
 
 def test_every_route_is_protected_unless_listed_public(root):

@@ -56,18 +56,29 @@ def run(cfg) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
     table_file = TableFile(cfg.service_table) if cfg.service_table else None
-    try:
-        table = table_file.read() if table_file else {}
-    except TableError as exc:
-        LOG.error("cannot start: %s", exc)
-        return 2
+    sync = None
+    if cfg.cluster_mode:
+        from sdn.cluster_start import join_cluster
+
+        joined = join_cluster(cfg, stop)
+        if joined is None:
+            return 0 if stop.is_set() else 2
+        cfg, sync, table = joined
+    else:
+        try:
+            table = table_file.read() if table_file else {}
+        except TableError as exc:
+            LOG.error("cannot start: %s", exc)
+            return 2
 
     agent = Agent(cfg)
     switch = Switch(agent)
+    if sync is not None:
+        sync.attach(agent, switch)
     # The desired state must be complete before the switch connects: the first reconcile
     # removes whatever is not desired.
     try:
-        agent.start(table)
+        agent.start(table, sync.state.learned_peers if sync is not None else ())
     except Exception as exc:  # noqa: BLE001 - any failure here ends the start with a reason
         LOG.error(
             "cannot start: %s: %s (is the node's OVS running at %s?)",
@@ -80,13 +91,16 @@ def run(cfg) -> int:
 
     meter = RttMeter(
         cfg.node_ip,
-        list(cfg.peers),
+        sorted(agent.peers),
         cfg.rtt_port,
         cfg.rtt_interval_s,
         on_change=agent.set_costs,
         initial=dict(agent.costs),
     )
+    agent.on_peers = meter.set_peers
     meter.start()
+    if sync is not None:
+        sync.start()
 
     def status() -> dict:
         costs = meter.snapshot()
@@ -99,7 +113,10 @@ def run(cfg) -> int:
             }
             for ip, p in sorted(agent.peers.items())
         ]
-        return {"switch": switch.status(), "peers": peers}
+        out = {"switch": switch.status(), "peers": peers, "mode": "offline"}
+        if sync is not None:
+            out.update(mode="cluster", cluster=sync.status())
+        return out
 
     api = NodeApiServer(create_app(agent, status), cfg.socket)
     api.start()
@@ -115,6 +132,8 @@ def run(cfg) -> int:
     stop.wait()
     LOG.info("stopping")
     api.close()
+    if sync is not None:
+        sync.stop()
     meter.stop()
     switch.stop()
     logging.shutdown()

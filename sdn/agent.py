@@ -10,18 +10,20 @@ import dataclasses
 import logging
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
-from oaknet.model import CLOSEST, Service
+from oaknet.model import Service
 from sdn import pipeline as pl
+from sdn.agent_table import TableOps
 from sdn.config import AgentConfig
 from sdn.conntrack import Conntrack, ConntrackError
 from sdn.delta import Delta, SwitchSink, Unit, diff_units
 from sdn.local import (
     AddressPool,
     Container,
-    LocalError,
     SavedState,
+    check_attachable,
     load_state,
     parse_port_mappings,
     port_name_of,
@@ -31,14 +33,54 @@ from sdn.local import (
 from sdn.logic import LocalPort, NodeContext, Peer, Pipeline, peer_owner, port_owner
 from sdn.logic_portmap import Uplink
 from sdn.nodeops import NodeOps
-from sdn.spec import NODE_OWNER, Flow, GroupSpec, owner_id, punt_owner, service_owner
-from sdn.table import place_local, remote_addresses
+from sdn.spec import (
+    NODE_OWNER,
+    Bucket,
+    Flow,
+    GroupSpec,
+    owner_id,
+    punt_owner,
+    service_owner,
+)
+from sdn.table import place_local
+from sdn.tunnels import Tunnels
 
 LOG = logging.getLogger(__name__)
 
 PUNT_UNIT = "punt"
 UPLINK_UNIT = "uplink"
-PUNT_KINDS = {owner_id(punt_owner(kind)): kind for kind in ("reject", "unknown")}
+PUNT_KINDS = {owner_id(punt_owner(kind)): kind for kind in ("reject", "unknown", "peer")}
+ANY_PEER = "any"  # the peer key of the remote_ip=flow tunnel port's flows
+LAST_RESORT_BUCKET = 0xFFFFFEFF  # bucket id of a closest group's unwatched last bucket
+
+
+class ClusterHooks(Protocol):
+    """What the agent asks of cluster mode around attach and detach (``sdn.cluster``)."""
+
+    def learn_service(self, service: str, instance: int) -> None:
+        """Have ``service`` in the table before an attach (LocalError when it cannot be)."""
+
+    def report_deployed(self, c: Container) -> None:
+        """Tell the cluster that ``c`` runs here."""
+
+    def report_undeployed(self, c: Container) -> None:
+        """Tell the cluster that ``c`` no longer runs here."""
+
+
+def with_last_resort(group: GroupSpec, live_port: int) -> GroupSpec:
+    """A fast-failover (closest) group with one more bucket: its first choice again, watching
+    ``live_port`` (the any-peer tunnel port: no BFD, so always live).
+
+    Its buckets watch their port's liveness, and a tunnel port is live only once its BFD
+    session is up, 1-3 s after the port was made (on demand, just before the first packet).
+    Without this bucket that packet would be dropped; with it, it goes to the first choice.
+    When every other bucket is really dead, the packet is lost either way.
+    """
+    if group.type != "fast_failover" or not group.buckets:
+        return group
+    first = group.buckets[0]
+    last = Bucket(first.actions, first.weight, live_port, LAST_RESORT_BUCKET)
+    return dataclasses.replace(group, buckets=(*group.buckets, last))
 
 
 def instance_mac(service: str, instance: int) -> str:
@@ -47,7 +89,7 @@ def instance_mac(service: str, instance: int) -> str:
     return ":".join(f"{b:02x}" for b in (0x02, 0x6F, *digest))
 
 
-class Agent:
+class Agent(TableOps):
     """One node's agent state; every public operation is thread-safe."""
 
     def __init__(
@@ -74,6 +116,12 @@ class Agent:
         self.costs: dict[str, float] = {}
         self.registered_id: str | None = None
         self.uplink: Uplink | None = None
+        # Cluster mode: peers follow the table (a tunnel to every node IP in it) and an
+        # any-peer port receives from nodes without their own tunnel here.
+        self.tunnels = Tunnels(self.ops, cfg.node_ip, cfg.peers, dynamic=cfg.cluster_mode)
+        self.cluster: ClusterHooks | None = None
+        self.any_port: int | None = None
+        self.on_peers: Callable[[list[str]], None] | None = None
         self._phy_flows: list[Flow] | None = None  # what the underlay bridge was given
         self._units: dict[str, Unit] = {}
         self._group_owner: dict[int, str] = {}
@@ -82,10 +130,13 @@ class Agent:
 
     # -- start -----------------------------------------------------------------------------
 
-    def start(self, table: dict[str, Service]) -> None:
+    def start(self, table: dict[str, Service], learned_peers: Iterable[str] = ()) -> None:
         """Bring up bridge and tunnels, rebuild local state from OVS, compute every owner."""
         self.ops.ensure_bridge()
-        peers = {ip: Peer(ip, self.ops.ensure_tunnel(ip)) for ip in self.cfg.peers}
+        # The same dict as self.peers from here on.
+        peers = self.tunnels.start(table, learned_peers)
+        if self.tunnels.dynamic:
+            self.any_port = self.ops.ensure_any_peer_tunnel()
         uplink = self.ops.ensure_uplink()
         restored, costs = self._restore()
         with self._ops, self._lock:
@@ -98,6 +149,7 @@ class Agent:
             self.containers = {c.key: c for c in restored}
             self.table = {name: self._effective(svc) for name, svc in self.file_table.items()}
             units = [NODE_OWNER, PUNT_UNIT, UPLINK_UNIT, *(peer_owner(ip) for ip in peers)]
+            units += [peer_owner(ANY_PEER)] if self.any_port else []
             units += [port_owner(c.port_name) for c in restored]
             units += [service_owner(name) for name in self.table]
             self._recompute(units)
@@ -127,9 +179,13 @@ class Agent:
     ) -> Container:
         """Attach a container of (service, instance); all or nothing; LocalError on bad input."""
         mappings = parse_port_mappings(port_mappings)
+        if self.cluster is not None:
+            self.cluster.learn_service(service, instance)
         with self._ops:
             with self._lock:
-                self._check_attachable(service, instance, mappings)
+                check_attachable(
+                    self.file_table, self.containers, self.uplink, service, instance, mappings
+                )
                 idx, ip4, ip6 = self.pool.allocate()
             port_name = port_name_of(service, instance)
             mac = instance_mac(service, instance)
@@ -154,6 +210,8 @@ class Agent:
         LOG.info(
             "attached %s instance %d as %s (%s, %s)", service, instance, port_name, ip4, ip6 or "-"
         )
+        if self.cluster is not None:
+            self.cluster.report_deployed(record)
         return record
 
     def detach(self, service: str, instance: int) -> Container | None:
@@ -179,6 +237,8 @@ class Agent:
                     self.pool.release(idx)
                 self._save(list(self.containers.values()))
         LOG.info("detached %s instance %d (%s)", service, instance, record.port_name)
+        if self.cluster is not None:
+            self.cluster.report_undeployed(record)
         return record
 
     def local_port(self, c: Container) -> LocalPort:
@@ -198,55 +258,6 @@ class Agent:
             ip6,
             c.port_mappings,
         )
-
-    # -- table and costs -------------------------------------------------------------------
-
-    def set_table(self, table: dict[str, Service]) -> int:
-        """Replace the service table; recompute only the services that changed."""
-        with self._ops:
-            with self._lock:
-                old = self.table
-                self.file_table = dict(table)
-                self.table = {name: self._effective(svc) for name, svc in table.items()}
-                changed = [
-                    n for n in set(old) | set(self.table) if old.get(n) != self.table.get(n)
-                ]
-                # A local container's instance IP may have changed: its port flows follow.
-                ports = [
-                    port_owner(c.port_name)
-                    for c in self.containers.values()
-                    if c.service in changed
-                ]
-                delta = self._recompute([service_owner(n) for n in changed] + ports)
-                gone = sorted(
-                    remote_addresses(old, self.peers) - remote_addresses(self.table, self.peers)
-                )
-            if changed:
-                LOG.info("service table: %d services changed (%s)", len(changed), delta.summary())
-            self._submit(delta, wait=bool(gone))
-            self._flush(gone)
-        return len(changed)
-
-    def set_costs(self, costs: dict[str, float]) -> None:
-        """New RTT costs per peer: re-order the closest groups that have remote instances."""
-        with self._ops:
-            with self._lock:
-                self.costs = {ip: costs.get(ip, float("inf")) for ip in self.peers}
-                units = [
-                    service_owner(name)
-                    for name, svc in self.table.items()
-                    if svc.service_ip(CLOSEST) is not None
-                    and any(i.node_ip in self.peers for i in svc.instances)
-                ]
-                delta = self._recompute(units)
-                self._save(list(self.containers.values()))
-            if delta:
-                LOG.info(
-                    "peer costs changed (%s): %s",
-                    ", ".join(f"{ip}={c:.2f}ms" for ip, c in sorted(costs.items())),
-                    delta.summary(),
-                )
-            self._submit(delta)
 
     # -- views for the switch and the API --------------------------------------------------
 
@@ -274,6 +285,16 @@ class Agent:
         """The table as this node uses it (local placements applied)."""
         with self._lock:
             return list(self.table.values())
+
+    def local_services(self) -> set[str]:
+        """Services with an instance attached to or placed on this node."""
+        with self._lock:
+            own = self.cfg.node_ip
+            out = {c.service for c in self.containers.values()}
+            out.update(
+                n for n, s in self.table.items() if any(i.node_ip == own for i in s.instances)
+            )
+            return out
 
     def list_containers(self) -> list[Container]:
         """The containers attached on this node."""
@@ -305,7 +326,9 @@ class Agent:
             if c is not None:
                 flows = self.pipeline.port_flows(self.local_port(c))
         elif kind == "peer":
-            if key in self.peers:
+            if key == ANY_PEER and self.any_port:
+                flows = self.pipeline.any_peer_flows(self.any_port)
+            elif key in self.peers:
                 flows = self.pipeline.peer_flows(self.peers[key])
         elif kind == "service":
             svc = self.table.get(key)
@@ -316,6 +339,8 @@ class Agent:
                     if c.service == key
                 }
                 flows, groups = self.pipeline.service_flows(svc, ports, self.peers, self.costs)
+                if self.any_port:
+                    groups = [with_last_resort(g, self.any_port) for g in groups]
         else:
             raise ValueError(f"unknown owner unit {unit!r}")
         return Unit({f.cookie: f for f in flows}, {g.group_id: g for g in groups})
@@ -342,33 +367,6 @@ class Agent:
             else:
                 self._units.pop(unit, None)
         return delta
-
-    def _check_attachable(self, service: str, instance: int, mappings) -> None:
-        """Raise LocalError unless (service, instance) may be attached here now."""
-        svc = self.file_table.get(service)
-        if svc is None:
-            detail = f"{service} is not in the service table"
-            raise LocalError(404, "unknown_service", "serviceName", detail)
-        if svc.instance(instance) is None:
-            detail = f"{service} has no instance {instance} in the table"
-            raise LocalError(404, "unknown_instance", "instanceNumber", detail)
-        if (service, instance) in self.containers:
-            detail = f"{service} instance {instance} is attached already"
-            raise LocalError(409, "duplicate_instance", "instanceNumber", detail)
-        taken = {
-            (m.host_port, m.protocol): c for c in self.containers.values() for m in c.port_mappings
-        }
-        for m in mappings:
-            other = taken.get((m.host_port, m.protocol))
-            if other is not None:
-                detail = (
-                    f"host port {m.host_port}/{m.protocol} is mapped to {other.service} "
-                    f"instance {other.instance} already"
-                )
-                raise LocalError(409, "port_conflict", "portMappings", detail)
-        if mappings and self.uplink is None:
-            detail = "this node has no underlay bridge to expose ports on"
-            raise LocalError(409, "no_uplink", "portMappings", detail)
 
     def _sync_phy(self, force: bool = False) -> None:
         """Give the underlay bridge its flows (mapped host ports) when they changed."""

@@ -8,9 +8,10 @@ import logging
 import os
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
+from oaknet.model import Service
 from sdn.logic_portmap import PortMapping
 
 LOG = logging.getLogger(__name__)
@@ -269,3 +270,36 @@ def restore_containers(
     if saved.cursor is not None:
         pool.cursor = saved.cursor
     return found
+
+
+def check_attachable(
+    table: Mapping[str, Service],
+    containers: Mapping[tuple[str, int], Container],
+    uplink: object | None,
+    service: str,
+    instance: int,
+    mappings: tuple[PortMapping, ...],
+) -> None:
+    """Raise LocalError unless (service, instance) may be attached here now."""
+    svc = table.get(service)
+    if svc is None:
+        detail = f"{service} is not in the service table"
+        raise LocalError(404, "unknown_service", "serviceName", detail)
+    if svc.instance(instance) is None:
+        detail = f"{service} has no instance {instance} in the table"
+        raise LocalError(404, "unknown_instance", "instanceNumber", detail)
+    if (service, instance) in containers:
+        detail = f"{service} instance {instance} is attached already"
+        raise LocalError(409, "duplicate_instance", "instanceNumber", detail)
+    taken = {(m.host_port, m.protocol): c for c in containers.values() for m in c.port_mappings}
+    for m in mappings:
+        other = taken.get((m.host_port, m.protocol))
+        if other is not None:
+            detail = (
+                f"host port {m.host_port}/{m.protocol} is mapped to {other.service} "
+                f"instance {other.instance} already"
+            )
+            raise LocalError(409, "port_conflict", "portMappings", detail)
+    if mappings and uplink is None:
+        detail = "this node has no underlay bridge to expose ports on"
+        raise LocalError(409, "no_uplink", "portMappings", detail)

@@ -37,7 +37,10 @@ REJECT_OWNER = punt_owner("reject")
 # Actions shared by many flows; the records are immutable, so one instance serves all.
 _REQUEST_SNAT = SetField(pl.REG_SNAT, pl.SNAT_REQUESTED)
 _MARK_SNAT = (SetField("ct_mark", pl.MARK_SNAT),)
-_MARK_INGRESS = (Move(pl.REG_INGRESS, "ct_mark", pl.MARK_INGRESS_BITS, 0, pl.MARK_INGRESS_OFS),)
+_MARK_INGRESS = (
+    Move(pl.REG_INGRESS, "ct_mark", pl.MARK_INGRESS_BITS, 0, pl.MARK_INGRESS_OFS),
+    Move(pl.REG_TUN_SRC, "ct_label", 32, 0, pl.LABEL_TUN_SRC_OFS),
+)
 _TO_TUNNEL = SetField("tunnel_id", pl.VNI)
 _PUNT = (Controller(),)
 

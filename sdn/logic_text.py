@@ -16,6 +16,8 @@ OVS_NAMES = {
     "ipv6_nd_sll": "nd_sll",
     "ipv6_nd_tll": "nd_tll",
     "tunnel_id": "tun_id",
+    "tun_ipv4_src": "tun_src",
+    "tun_ipv4_dst": "tun_dst",
 }
 _CT_FLAGS = ("new", "est", "rel", "rpl", "inv", "trk")
 _SPECIAL_PORTS = {

@@ -239,24 +239,53 @@ class RawGroupDesc:
 
 @dataclass(frozen=True)
 class RawFlowDesc:
-    """Body entry of OFPFlowDescStatsReply: the parts of a flow the agent diffs by."""
+    """Body entry of OFPFlowDescStatsReply: the parts of a flow the agent diffs by, and its
+    packet counter and age when the switch sent them (None otherwise)."""
 
     length: int
     table_id: int
     priority: int
     cookie: int
+    packet_count: int | None = None
+    duration: float | None = None
 
     @classmethod
     def parser(cls, buf, offset):
         """Read one ofp_flow_desc at ``offset``.
 
         os-ken's parser of the flow's instructions fails on copy_field actions (it reads past
-        the action), and the agent needs only the header.
+        the action), and the agent needs only the header and the statistics.
         """
         length, table_id, priority, _, _, _, _, cookie = struct.unpack_from(
             ofp.OFP_FLOW_DESC_0_PACK_STR, buf, offset
         )
-        return cls(length, table_id, priority, cookie)
+        end = offset + length
+        pos = offset + ofp.OFP_FLOW_DESC_0_SIZE
+        packets = duration = None
+        if pos + 4 <= end:
+            (match_len,) = struct.unpack_from("!H", buf, pos + 2)
+            pos += (match_len + 7) // 8 * 8
+        if pos + 4 <= end:
+            (stats_len,) = struct.unpack_from("!H", buf, pos + 2)
+            packets, duration = _oxs_stats(buf, pos + 4, min(pos + stats_len, end))
+        return cls(length, table_id, priority, cookie, packets, duration)
+
+
+def _oxs_stats(buf, pos: int, end: int) -> tuple[int | None, float | None]:
+    """(packet count, duration in s) from the OXS fields of an ofp_stats."""
+    packets = duration = None
+    while pos + 4 <= end:
+        oxs_class, field_bits, size = struct.unpack_from("!HBB", buf, pos)
+        value = pos + 4
+        if oxs_class == ofp.OFPXSC_OPENFLOW_BASIC and value + size <= end:
+            kind = field_bits >> 1
+            if kind == ofp.OFPXST_OFB_PACKET_COUNT and size == 8:
+                (packets,) = struct.unpack_from("!Q", buf, value)
+            elif kind == ofp.OFPXST_OFB_DURATION and size == 8:
+                sec, nsec = struct.unpack_from("!II", buf, value)
+                duration = sec + nsec / 1e9
+        pos = value + size
+    return packets, duration
 
 
 def use_raw_stats_parsers() -> None:

@@ -297,10 +297,12 @@ def group_image(group: spec.GroupSpec) -> GroupImage:
 # Requests, bundles, packet-out
 
 
-def flow_desc_request(dp, table_id: int = ofp.OFPTT_ALL) -> parser.OFPFlowDescStatsRequest:
-    """A request for every flow of the switch (or of one table)."""
+def flow_desc_request(
+    dp, table_id: int = ofp.OFPTT_ALL, cookie: int = 0, cookie_mask: int = 0
+) -> parser.OFPFlowDescStatsRequest:
+    """A request for every flow of the switch (or of one table, or of a cookie range)."""
     return parser.OFPFlowDescStatsRequest(
-        dp, 0, table_id, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch()
+        dp, 0, table_id, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie, cookie_mask, parser.OFPMatch()
     )
 
 

@@ -87,6 +87,9 @@ REG_SCRATCH = "reg2"
 # reg6: the ofport of the tunnel (or uplink patch port) the packet came in on (copied into
 # ct_mark at commit).
 REG_INGRESS = "reg6"
+# reg7: the underlay source address of a packet from the any-peer tunnel port (a node without
+# its own tunnel here), kept in the connection's ct_label so its replies can go back there.
+REG_TUN_SRC = "reg7"
 
 # ct_mark layout (32 bits):
 #   bit 0       MARK_SNAT: committed by a local client's translation; forward packets of the
@@ -101,6 +104,9 @@ MARK_INGRESS_BITS = 16
 MARK_INGRESS_MASK = 0xFFFF0000
 LABEL_CLIENT_MAC_OFS = 0
 LABEL_NODE_MAC_OFS = 48
+# ct_label of a connection from a tunnel: bits 0-31 the sending node's underlay IPv4 (REG_TUN_SRC;
+# zero unless it came through the any-peer port).
+LABEL_TUN_SRC_OFS = 0
 
 # VXLAN network identifier of the overlay (tun_id on every tunnel packet).
 VNI = 0x10
@@ -109,6 +115,7 @@ VNI = 0x10
 # classify
 PRIO_RESPONDER_SKIP = 310  # ARP probes and DAD solicitations: never answered
 PRIO_RESPONDER = 300  # ARP requests and neighbour solicitations: answered
+PRIO_PEER_LEARN = 200  # BFD from a node without its own tunnel here: the agent learns it
 PRIO_ADMIT = 100  # a local port's or tunnel's IP traffic
 # unsnat
 PRIO_UNSNAT = 100  # destination inside a semantic range
@@ -146,6 +153,8 @@ GROUP_V6_SPAN = 0x7FFFFF00  # ids stay below OpenFlow's OFPG_MAX (0xffffff00)
 
 # OpenFlow's NORMAL port: the bridge's own L2 switching (br-phy's default behaviour).
 PORT_NORMAL = 0xFFFFFFFA
+# BFD control packets (RFC 5881) that OVS sends inside a tunnel.
+BFD_UDP_PORT = 3784
 # Host ports a port mapping may not take: the tunnel protocols' own UDP ports.
 RESERVED_UDP_PORTS = (4789, 6081)
 

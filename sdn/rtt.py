@@ -88,6 +88,19 @@ class RttMeter:
         if self._sock is not None:
             self._sock.close()
 
+    def set_peers(self, peers: list[str]) -> None:
+        """Probe ``peers`` from now on (new ones start unmeasured, gone ones are forgotten)."""
+        with self._lock:
+            for peer in peers:
+                if peer not in self.smoothed:
+                    self.smoothed[peer] = math.inf
+                    self.published[peer] = math.inf
+                    self._answered[peer] = time.monotonic()
+            for peer in [p for p in self.smoothed if p not in peers]:
+                for table in (self.smoothed, self.published, self._answered, self._sent):
+                    table.pop(peer, None)
+            self.peers = list(peers)
+
     def snapshot(self) -> dict[str, float]:
         """The current smoothed RTT (ms) per peer."""
         with self._lock:
@@ -99,9 +112,11 @@ class RttMeter:
         seq = int.from_bytes(os.urandom(3), "big")
         while not self._stop.is_set():
             changed = False
-            for peer in self.peers:
+            for peer in list(self.peers):
                 seq = (seq + 1) & 0xFFFFFFFF
                 with self._lock:
+                    if peer not in self._answered:
+                        continue  # removed meanwhile
                     silent = time.monotonic() - self._answered[peer]
                     if silent > LOST_AFTER_S and self.smoothed[peer] != math.inf:
                         LOG.info("peer %s: no RTT answer for %.0f s", peer, silent)

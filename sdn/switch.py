@@ -7,6 +7,7 @@ commits) and the handlers only hand replies over to it.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import logging
 import queue
@@ -24,7 +25,7 @@ from os_ken.controller.handler import (
 )
 from os_ken.ofproto import ofproto_v1_5 as ofp
 
-from sdn import ofcodec, ofmsg, reject
+from sdn import ofcodec, ofmsg, reject, spec
 from sdn.agent import Agent
 from sdn.delta import Delta
 from sdn.logic_text import group_text
@@ -70,6 +71,8 @@ class Switch:
         self._stop = False
         self._worker = threading.Thread(target=self._run, name="switch-worker", daemon=True)
         self._worker.start()
+        self.resolver = None  # sdn.resolver.Resolver in cluster mode: unknown addresses
+        self.peer_seen = None  # cluster mode: a node's BFD reached the any-peer port
         ofcodec.use_raw_stats_parsers()
         agent.sink = self
 
@@ -137,17 +140,47 @@ class Switch:
         LOG.error("switch error for xid %#x: %s", msg.xid, text)
 
     def on_packet_in(self, msg) -> None:
-        """Answer a packet the pipeline punted: a reject for no-instance/unknown addresses."""
+        """A packet the pipeline punted: resolve an unknown address (cluster mode), or reject
+        it (no instance, unknown address offline)."""
         kind = self.agent.punt_kind(msg.cookie)
         if kind is None:
             LOG.debug("packet-in with foreign cookie %#x ignored", msg.cookie)
             return
-        answer = reject.reject_reply(bytes(msg.data))
         in_port = msg.match.get("in_port")
-        if answer is None or in_port is None:
+        if in_port is None:
+            return
+        if kind == "unknown" and self.resolver is not None:
+            self.resolver.on_unknown(bytes(msg.data), in_port)
+            return
+        if kind == "peer":
+            ip = msg.match.get("tun_ipv4_src") or _ipv4(msg.match.get("reg7"))
+            if ip and self.peer_seen is not None:
+                self.peer_seen(ip)
             return
         LOG.debug("packet-in (%s) on port %d: rejected", kind, in_port)
-        self._send(ofmsg.packet_out(msg.datapath, answer, in_port))
+        self.reject(bytes(msg.data), in_port)
+
+    def reject(self, frame: bytes, in_port: int) -> None:
+        """Answer ``frame`` with a RST / ICMP unreachable out of the port it came in on."""
+        answer = reject.reject_reply(frame)
+        dp = self.dp
+        if answer is not None and dp is not None:
+            self._send(ofmsg.packet_out(dp, answer, in_port))
+
+    def reinject(self, frame: bytes, in_port: int) -> None:
+        """Run ``frame`` through the pipeline again as if it had just come in on ``in_port``."""
+        dp = self.dp
+        if dp is not None:
+            self._send(ofmsg.packet_out(dp, frame, spec.TABLE, in_port=in_port))
+
+    def flow_counts(self, cookie: int, cookie_mask: int) -> dict[int, int]:
+        """Packet counters of the flows whose cookie matches: cookie -> packets."""
+        if self.dp is None:
+            raise RuntimeError("switch not connected")
+        body = self._request(
+            ofmsg.flow_desc_request(self.dp, cookie=cookie, cookie_mask=cookie_mask)
+        )
+        return {f.cookie: f.packet_count or 0 for f in body}
 
     # -- worker ----------------------------------------------------------------------------
 
@@ -343,6 +376,13 @@ class Switch:
             "deltas_applied": self.applied,
             "last_error": self.last_error,
         }
+
+
+def _ipv4(value) -> str | None:
+    """An IPv4 address from a 32-bit register value (None for 0 or None)."""
+    if not value:
+        return None
+    return str(ipaddress.IPv4Address(value if isinstance(value, int) else value[0]))
 
 
 def _split(delta: Delta) -> dict[str, Delta]:

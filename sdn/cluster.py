@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 
 from oaknet.model import Service
-from sdn.cluster_table import ClusterTable
+from sdn.cluster_table import ClusterTable, job_body
 from sdn.clusterlink import (
     ClientError,
     ClusterLink,

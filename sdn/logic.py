@@ -16,6 +16,7 @@ from oaknet.model import Service
 from sdn import pipeline as pl
 from sdn.logic_portmap import PortMapping, Uplink, mapping_flows, phy_flows, uplink_flows
 from sdn.logic_service import GroupIds, service_flows
+from sdn.logic_tunnel import any_peer_flows
 from sdn.spec import (
     IN_PORT,
     Controller,
@@ -380,54 +381,8 @@ class Pipeline:
         return flows
 
     def any_peer_flows(self, ofport: int) -> list[Flow]:
-        """Admission from the ``remote_ip=flow`` tunnel port (nodes without their own tunnel
-        here), and replies back to the address each connection came from (its ct_label).
-
-        A node that made a tunnel to this one runs BFD on it; its BFD packets arrive here and
-        go to the agent (owner ``punt:peer``, the sender in reg7), which makes a tunnel back so
-        the session (and the fast-failover liveness built on it) comes up on both ends.
-        """
-        owner = peer_owner("any")
-        bfd = {
-            "in_port": ofport,
-            "eth_type": pl.ETH_IP,
-            "ip_proto": pl.PROTO_UDP,
-            "udp_dst": pl.BFD_UDP_PORT,
-        }
-        learn = (Move("tun_ipv4_src", pl.REG_TUN_SRC, 32), Controller(max_len=128))
-        flows = [Flow.make(pl.CLASSIFY.id, pl.PRIO_PEER_LEARN, bfd, learn, punt_owner("peer"))]
-        flows += [
-            Flow.make(
-                pl.CLASSIFY.id,
-                pl.PRIO_ADMIT,
-                {"eth_type": fam.eth_type, "in_port": ofport, "tunnel_id": pl.VNI},
-                (
-                    SetField(pl.REG_ORIGIN, pl.ORIGIN_TUNNEL),
-                    SetField(pl.REG_INGRESS, ofport),
-                    Move("tun_ipv4_src", pl.REG_TUN_SRC, 32),
-                    GotoTable(pl.UNSNAT.id),
-                ),
-                owner,
-            )
-            for fam in pl.FAMILIES
-        ]
-        flows.append(
-            Flow.make(
-                pl.ROUTING.id,
-                pl.PRIO_TUNNEL_REPLY,
-                {
-                    "ct_state": pl.ST_REPLY,
-                    "ct_mark": (ofport << pl.MARK_INGRESS_OFS, pl.MARK_INGRESS_MASK),
-                },
-                (
-                    Move("ct_label", "tun_ipv4_dst", 32, pl.LABEL_TUN_SRC_OFS, 0),
-                    SetField("tunnel_id", pl.VNI),
-                    Output(ofport),
-                ),
-                owner,
-            )
-        )
-        return flows
+        """The ``remote_ip=flow`` tunnel port's flows (owner ``peer:any``; see logic_tunnel)."""
+        return any_peer_flows(ofport)
 
     def uplink_flows(self, uplink: Uplink) -> list[Flow]:
         """br-int's side of port mappings: admission from br-phy's patch port, replies back."""

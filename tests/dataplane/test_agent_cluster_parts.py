@@ -14,7 +14,7 @@ from oaknet.auth import issue_jwt
 from oaknet.client import ClientError, Unavailable
 from oaknet.model import Instance, Service
 from sdn import config
-from sdn.cluster import placed_only
+from sdn.cluster_table import placed_only
 from sdn.expiry import IdleWatch
 from sdn.outbox import Outbox, Report
 from sdn.resolver import Resolver, destination

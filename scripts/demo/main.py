@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="leave the testbed running (remove it with `oaknet testbed down`)",
+        help="leave the testbed running (remove it with `.venv/bin/oaknet testbed down`)",
     )
     parser.add_argument(
         "--prefix",
@@ -80,7 +80,7 @@ def run_demo(
     if prefix in tb_lib.stale_prefixes() or _namespaces(prefix):
         raise DemoError(
             f"a testbed with prefix {prefix} exists (a kept or crashed run); "
-            f"remove it with `oaknet testbed down {prefix}`"
+            f"remove it with `.venv/bin/oaknet testbed down {prefix}`"
         )
     tb = tb_lib.Testbed(prefix)
     demo = None

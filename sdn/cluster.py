@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from oaknet.model import Service
@@ -34,6 +35,9 @@ from sdn.peering import Peering
 from sdn.resolver import Resolver
 
 LOG = logging.getLogger(__name__)
+
+# How long an attach waits for the cluster to learn an instance the root has just placed.
+LEARN_INSTANCE_S = 3.0
 
 
 class ClusterSync(ClusterTable):
@@ -136,8 +140,14 @@ class ClusterSync(ClusterTable):
         known = self.agent.file_table.get(service)
         if known is not None and known.instance(instance) is not None:
             return
+        # The cluster learns an instance from the root's feed; a runtime that attaches right
+        # after the orchestrator placed the instance can be a few feed rounds ahead of it.
+        deadline = time.monotonic() + LEARN_INSTANCE_S
         try:
             svc, revision = self._query(self.link.query_name, service)
+            while svc.instance(instance) is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+                svc, revision = self._query(self.link.query_name, service)
         except ClientError as exc:
             if known is not None:
                 return  # the attach check names the missing instance

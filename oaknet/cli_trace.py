@@ -39,8 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         dest="src_port",
         required=True,
         metavar="CONTAINER_PORT_OR_IP",
-        help="the sending container: its OVS port name or ofport, SERVICE#N, its "
-        "namespace IP or its instance IP",
+        help="the sending container: its OVS port name or ofport, SERVICE#N (SERVICE: the "
+        "full name or its service part, e.g. web#0), its namespace IP or its instance IP",
     )
     p.add_argument("--to", required=True, metavar="ADDR", help="destination IPv4/IPv6 address")
     p.add_argument("--proto", choices=["tcp", "udp", "icmp"], default="tcp")
@@ -208,12 +208,7 @@ def _match_port(
     if spec in by_name:
         return by_name[spec], None
     if "#" in spec:
-        service, _, number = spec.rpartition("#")
-        for p in ports.values():
-            ids = p.external_ids
-            if ids.get("oaknet-service") == service and ids.get("oaknet-instance") == number:
-                return p, None
-        raise CliError(f"--from: no container of {service} instance {number} here", USAGE)
+        return _match_instance(ports, spec), None
     try:
         addr = str(ipaddress.ip_address(spec))
     except ValueError:
@@ -238,6 +233,38 @@ def _match_port(
             field_name = "namespace_ip" if version == 4 else "namespace_ip_v6"
             return by_name[c["port_name"]], c.get(field_name)
     raise CliError(f"--from: no local container has the address {addr}", USAGE)
+
+
+def _match_instance(ports: dict[int, Port], spec: str) -> Port:
+    """The port of ``SERVICE#N``; SERVICE is the full name or any unambiguous short form:
+    its service part (``web`` of ``shop.prod.web.default``) or a leading part of it
+    (``shop.prod.web``)."""
+    service, _, number = spec.rpartition("#")
+    found: dict[str, Port] = {}
+    for p in ports.values():
+        ids = p.external_ids
+        name = ids.get("oaknet-service", "")
+        if ids.get("oaknet-instance") == number and _names(name, service):
+            found[name] = p
+    if service in found:
+        return found[service]
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if found:
+        raise CliError(
+            f"--from: {service!r} is ambiguous here: {', '.join(sorted(found))}; "
+            "give the full service name",
+            USAGE,
+        )
+    raise CliError(f"--from: no container of {service} instance {number} here", USAGE)
+
+
+def _names(full: str, short: str) -> bool:
+    """True when ``short`` names the service ``full`` (app.appns.service.servicens)."""
+    if not short:
+        return False
+    parts = full.split(".")
+    return full == short or full.startswith(short + ".") or (len(parts) == 4 and parts[2] == short)
 
 
 def _agent_containers(target: NodeTarget) -> list[dict]:

@@ -1,10 +1,16 @@
-"""Build a two-node testbed, let the agents program br-int, print one node's flows by table."""
+"""Build a namespace testbed, let the agents program br-int, print one node's flows by table.
+
+Two modes. ``cluster`` (the default): a root and a cluster manager in host ``mgr``, three
+workers whose agents register with the cluster, the services deployed at the root, and
+traffic from a client that makes w1 resolve two services on demand (one of them on w3, which
+then learns a tunnel back to w1 from its BFD). ``offline``: two workers whose agents read one
+static service table file.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import http.client
 import json
 import logging
 import os
@@ -12,15 +18,11 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
@@ -28,8 +30,9 @@ warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")  # pytho
 # The imports below need the paths above: the script runs from a checkout, not installed.
 
 import testbed as tb_lib
-import yaml
 from testbed import procs
+from testbed.agents import NodeAgent, start_agents, start_cluster_agents, wait_until
+from testbed.managers import Managers, service_ips
 
 from ovs_setup.netns import write_sysctl
 from sdn import pipeline as pl
@@ -40,20 +43,43 @@ LOG = logging.getLogger("dump_pipeline")
 WEB = "app.ns.web.ns"
 CLI = "app.ns.cli.ns"
 IDLE = "app.ns.idle.ns"
-NODES = {"w1": "192.0.2.1", "w2": "192.0.2.2"}
-SUBNETS = {"w1": ("10.18.0.0/26", "fc00::/120"), "w2": ("10.18.0.64/26", "fc00::100/120")}
-# (container, node, service, instance, port mappings): attached in this order.
-CONTAINERS = (
-    ("c1", "w1", CLI, 0, None),
-    ("web0", "w1", WEB, 0, "8080:80"),
-    ("web1", "w2", WEB, 1, None),
-)
+DB = "app.ns.db.ns"
+OFFLINE_NODES = {"w1": "192.0.2.1", "w2": "192.0.2.2"}
+CLUSTER_NODES = {"w1": "192.0.2.1", "w2": "192.0.2.2", "w3": "192.0.2.3"}
 _MAIN_PID = os.getpid()
 TOOLS = ("ovs-vswitchd", "ovsdb-server", "ovs-ofctl", "ovs-vsctl")
 
 
+@dataclass(frozen=True)
+class Placement:
+    """A container to attach: its namespace name, node, service, instance, port mappings."""
+
+    container: str
+    node: str
+    service: str
+    number: int
+    mappings: str | None = None
+    server: str | None = None  # an HTTP server answering this name, if any
+
+
+OFFLINE_CONTAINERS = (
+    Placement("c1", "w1", CLI, 0),
+    Placement("web0", "w1", WEB, 0, "8080:80"),
+    Placement("web1", "w2", WEB, 1),
+)
+CLUSTER_CONTAINERS = (
+    Placement("c1", "w1", CLI, 0),
+    Placement("web0", "w1", WEB, 0, "8080:80", "web-0"),
+    Placement("web1", "w2", WEB, 1, None, "web-1"),
+    Placement("db0", "w3", DB, 0, None, "db-0"),
+)
+# Deployed at the root in this order (the service and instance IPs follow from it).
+CLUSTER_SERVICES = (WEB, CLI, IDLE, DB)
+UNKNOWN_ADDRESS = "10.30.250.250"  # inside the service range, owned by nobody
+
+
 def service_table() -> list[dict]:
-    """The static service table both agents read (the format of ``Service.to_dict``)."""
+    """The static service table of offline mode (the format of ``Service.to_dict``)."""
 
     def svc(name: str, ips: list[dict], instances: list[tuple]) -> dict:
         keys = ("number", "instance_ip", "instance_ip_v6", "node_ip")
@@ -63,7 +89,7 @@ def service_table() -> list[dict]:
             "instances": [dict(zip(keys, i)) for i in instances],
         }
 
-    w1, w2 = NODES["w1"], NODES["w2"]
+    w1, w2 = OFFLINE_NODES["w1"], OFFLINE_NODES["w2"]
     web_ips = [
         {"policy": "round-robin", "ipv4": "10.30.0.1", "ipv6": "fdff:2000::1"},
         {"policy": "closest", "ipv4": "10.30.0.2"},
@@ -73,122 +99,6 @@ def service_table() -> list[dict]:
         svc(CLI, [], [(0, "10.30.1.1", "fdff::1:1", w1)]),
         svc(IDLE, [{"policy": "round-robin", "ipv4": "10.30.0.5"}], []),
     ]
-
-
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 30):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        """Connect to the agent's unix socket instead of TCP."""
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
-@dataclass
-class AgentProc:
-    """One worker's ``python -m sdn`` with a config file in the testbed's directory."""
-
-    tb: tb_lib.Testbed
-    worker: tb_lib.Worker
-    peers: list[str]
-    table_path: str
-    dir: str = ""
-    proc: subprocess.Popen | None = None
-    attached: list[dict] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.dir = os.path.join(self.tb.base_dir, f"agent-{self.worker.name}")
-        os.makedirs(self.dir, exist_ok=True)
-        v4, v6 = SUBNETS[self.worker.name]
-        self.socket = os.path.join(self.dir, "agent.sock")
-        config = {
-            "node_name": self.worker.name,
-            "node_ip": self.worker.ip4,
-            "subnet_v4": v4,
-            "subnet_v6": v6,
-            "bridge": self.worker.bridge,
-            "ovs_db": self.worker.db_url,
-            "ovs_run_dir": self.worker.ovs.run_dir,
-            "datapath_type": self.worker.ovs.datapath_type,
-            "peers": self.peers,
-            "service_table": self.table_path,
-            "table_poll_s": 0.2,
-            "rtt_interval_s": 0.5,
-            "socket": self.socket,
-            "state_dir": os.path.join(self.dir, "state"),
-        }
-        self.config_path = os.path.join(self.dir, "agent.yaml")
-        with open(self.config_path, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(config, handle)
-        self.log_path = os.path.join(self.dir, "agent.log")
-
-    def start(self) -> None:
-        """Start the agent in the worker's namespace (background, killed at teardown)."""
-        argv = [sys.executable, "-m", "sdn", "--config", self.config_path]
-        argv += ["--log-file", self.log_path]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = self.tb.run_in(self.worker, argv, background=True, env=env)
-
-    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        """One request to the agent's node API: (status, JSON body)."""
-        conn = _UnixHTTP(self.socket)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            text = resp.read()
-            return resp.status, (json.loads(text) if text else {})
-        finally:
-            conn.close()
-
-    def health(self) -> dict | None:
-        """The health document, or None while the agent does not answer yet."""
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"agent {self.worker.name} exited: {self.tail()}")
-        try:
-            status, body = self.call("GET", "/api/v1/health")
-        except OSError:
-            return None
-        return body if status == 200 else None
-
-    def attach(self, container: tb_lib.Container, service: str, number: int, mappings) -> None:
-        """Attach a container through the node API, as a container runtime would."""
-        body = {"netns": container.path, "service": service, "instance": number}
-        if mappings:
-            body["port_mappings"] = mappings
-        status, answer = self.call("POST", "/api/v1/containers", body)
-        if status != 201:
-            raise RuntimeError(f"attach {container.name} on {self.worker.name}: {answer}")
-        self.attached.append(answer)
-        LOG.info(
-            "attached %s as %s instance %d on %s",
-            container.name,
-            service,
-            number,
-            self.worker.name,
-        )
-
-    def tail(self, lines: int = 20) -> str:
-        """The end of the agent's log, for error messages."""
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
-                return "".join(handle.readlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.2):
-    """Poll ``check()`` until it returns something truthy; return that or raise TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def ofctl(worker: tb_lib.Worker, cmd: str, bridge: str, *args: str) -> list[str]:
@@ -211,27 +121,23 @@ def snapshot(worker: tb_lib.Worker) -> dict[str, list[str]]:
     return out
 
 
-def wait_programmed(agents: list[AgentProc], node: AgentProc, timeout: float) -> dict:
+def wait_programmed(agents: list[NodeAgent], node: NodeAgent, timeout: float) -> dict:
     """Wait until every agent is reconciled with its peers up, and ``node``'s switch holds
     exactly the desired flows and groups, unchanged over one more second."""
 
     def peers_up() -> bool:
         for agent in agents:
-            health = agent.health()
-            if not health or not health["switch"]["reconciled"]:
-                return False
-            if not all(
-                p["bfd"].get("forwarding") and p["rtt_ms"] is not None for p in health["peers"]
-            ):
+            health = agent.poll_health()
+            if not health or not health["switch"]["reconciled"] or not agent.peers_up():
                 return False
         return True
 
-    wait_until("reconciled agents with BFD and RTT to their peers", peers_up, timeout)
+    wait_until("reconciled agents with BFD and RTT to their peers", peers_up, timeout, 0.2)
     last: dict = {}
 
     def settled() -> dict | None:
         nonlocal last
-        health = node.health() or {}
+        health = node.poll_health() or {}
         snap = snapshot(node.worker)
         counts = (len(snap["br-int flows"]), len(snap["br-int groups"]))
         wanted = (health.get("desired_flows"), health.get("desired_groups"))
@@ -294,14 +200,13 @@ def _commit() -> str:
     return proc.stdout.strip() or "unknown"
 
 
-def render(node: AgentProc, snap: dict, ports: dict, phy_ports: dict) -> str:
+def render(node: NodeAgent, snap: dict, facts: list[str], ports: dict, phy_ports: dict) -> str:
     """The report: node facts, attached containers, then every table's flows and the groups."""
     worker = node.worker
-    v4, v6 = SUBNETS[worker.name]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"# br-int of {worker.name}, dumped {stamp} ({_version()}, commit {_commit()})",
-        f"# node IP {worker.ip4}, subnets {v4} {v6}, gateway MAC {derive_gateway_mac(v4)}",
+        *facts,
         "# br-int ports: " + ", ".join(f"{n}={name}" for n, name in sorted(ports.items())),
         "# br-phy ports: " + ", ".join(f"{n}={name}" for n, name in sorted(phy_ports.items())),
     ]
@@ -325,28 +230,108 @@ def render(node: AgentProc, snap: dict, ports: dict, phy_ports: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_and_dump(prefix: str, node_name: str, timeout: float) -> str:
+def _attach(tb, agents: dict[str, NodeAgent], workers: dict, placements) -> dict:
+    """Attach every placement through its node's API (and start its server); by name."""
+    containers = {}
+    for p in placements:
+        container = tb.add_container(workers[p.node], p.container)
+        extra = {"port_mappings": p.mappings} if p.mappings else {}
+        agents[p.node].attach(container, p.service, p.number, **extra)
+        LOG.info("attached %s as %s#%d on %s", p.container, p.service, p.number, p.node)
+        if p.server:
+            tb.start_http_server(container, p.server)
+        containers[p.container] = container
+    return containers
+
+
+def _workers(tb, count: int) -> dict:
+    workers = {w.name: w for w in tb.add_workers(count)}
+    for worker in workers.values():
+        # Port mappings: the node's kernel must not answer ARP for the node IP (br-phy's).
+        write_sysctl(worker.netns, "net/ipv4/conf/ul0/arp_ignore", "1")
+    return workers
+
+
+def build_offline(tb) -> tuple[dict[str, NodeAgent], dict[str, list[str]]]:
+    """Two workers with offline agents on one table file; the header facts per node."""
+    workers = _workers(tb, len(OFFLINE_NODES))
+    table_path = os.path.join(tb.base_dir, "table.json")
+    with open(table_path, "w", encoding="utf-8") as handle:
+        json.dump(service_table(), handle)
+    started = start_agents(tb, list(workers.values()), table_path, rtt_interval_s=0.5)
+    agents = {a.worker.name: a for a in started}
+    _attach(tb, agents, workers, OFFLINE_CONTAINERS)
+    facts = {}
+    for name, agent in agents.items():
+        v4, v6 = agent.config["subnet_v4"], agent.config["subnet_v6"]
+        facts[name] = [
+            "# offline mode: static service table",
+            (
+                f"# node IP {agent.worker.ip4}, subnets {v4} {v6}, "
+                f"gateway MAC {derive_gateway_mac(v4)}"
+            ),
+        ]
+    return agents, facts
+
+
+def build_cluster(tb) -> tuple[dict[str, NodeAgent], dict[str, list[str]]]:
+    """Managers, three cluster-mode agents, the deployment and on-demand traffic from c1."""
+    workers = _workers(tb, len(CLUSTER_NODES))
+    mgrs = Managers(tb, list(workers))
+    try:
+        ips = {}
+        for name in CLUSTER_SERVICES:
+            ips[name] = service_ips(mgrs.deploy_service(name.split(".")[2], name))
+        for p in CLUSTER_CONTAINERS:
+            mgrs.deploy_instance(p.service.split(".")[2], p.number, p.node)
+        started = start_cluster_agents(
+            tb, list(workers.values()), mgrs.cluster_url, mgrs.node_tokens
+        )
+        agents = {a.worker.name: a for a in started}
+        containers = _attach(tb, agents, workers, CLUSTER_CONTAINERS)
+        client = containers["c1"].netns
+        # w1 knows web and cli (local instances); db and idle it resolves on first use.
+        for name, addr in (
+            ("web", ips[WEB]["rr"]),
+            ("db", ips[DB]["rr"]),
+            ("db", ips[DB]["closest"]),
+            ("idle", ips[IDLE]["rr"]),
+            ("unknown", UNKNOWN_ADDRESS),
+        ):
+            got = procs.http_get(client, f"http://{addr}/", timeout=5)
+            LOG.info("c1 -> %s %s: %s", name, addr, got.get("body") or got.get("error"))
+        nodes = mgrs.ns.call(mgrs.cluster_reader.get, "/api/net/nodes")
+    finally:
+        mgrs.close()
+    subnets = {n["node_id"]: n for n in nodes}
+    facts = {}
+    for name, agent in agents.items():
+        node = subnets.get(name, {})
+        v4 = f"{node.get('subnet_addr')}/{node.get('subnet_prefix') or 26}"
+        v6 = f"{node.get('subnet_addr_v6')}/{node.get('subnet_prefix_v6') or 120}"
+        facts[name] = [
+            f"# cluster mode: cluster manager {mgrs.cluster_url}, node id {name}",
+            (
+                f"# node IP {agent.worker.ip4}, subnets {v4} {v6} (from the cluster), "
+                f"gateway MAC {derive_gateway_mac(v4)}"
+            ),
+            "# service IPs: "
+            + "; ".join(
+                f"{n} rr {i.get('rr')} {i.get('rr6')} closest {i.get('closest')} "
+                f"{i.get('closest6')}"
+                for n, i in ips.items()
+            ),
+        ]
+    return agents, facts
+
+
+def build_and_dump(prefix: str, mode: str, node_name: str, timeout: float) -> str:
     """Build the testbed, wait for the agents, dump ``node_name``'s bridges; tear down."""
     with tb_lib.Testbed(prefix) as tb:
-        workers = {w.name: w for w in tb.add_workers(len(NODES))}
-        for worker in workers.values():
-            # Port mappings: the node's kernel must not answer ARP for the node IP (br-phy's).
-            write_sysctl(worker.netns, "net/ipv4/conf/ul0/arp_ignore", "1")
-        table_path = os.path.join(tb.base_dir, "table.json")
-        with open(table_path, "w", encoding="utf-8") as handle:
-            json.dump(service_table(), handle)
-        agents = {
-            name: AgentProc(tb, w, [p.ip4 for p in workers.values() if p is not w], table_path)
-            for name, w in workers.items()
-        }
+        agents: dict[str, NodeAgent] = {}
         try:
-            for agent in agents.values():
-                agent.start()
-            for agent in agents.values():
-                wait_until(f"agent {agent.worker.name}", agent.health, timeout)
-            for cname, node, service, number, mappings in CONTAINERS:
-                container = tb.add_container(workers[node], cname)
-                agents[node].attach(container, service, number, mappings)
+            build = build_cluster if mode == "cluster" else build_offline
+            agents, facts = build(tb)
             node = agents[node_name]
             snap = wait_programmed(list(agents.values()), node, timeout)
         except BaseException:
@@ -361,7 +346,7 @@ def build_and_dump(prefix: str, node_name: str, timeout: float) -> str:
         )
         ports = port_names(node.worker, node.worker.bridge)
         phy_ports = port_names(node.worker, node.worker.underlay_bridge)
-        return render(node, snap, ports, phy_ports)
+        return render(node, snap, facts[node_name], ports, phy_ports)
 
 
 def _raise_on_signal(signum, _frame) -> None:
@@ -381,10 +366,18 @@ def main(argv: list[str] | None = None) -> int:
         "again, also on failure or SIGINT/SIGTERM.",
     )
     parser.add_argument("--out", help="also write the dump to this file")
-    parser.add_argument("--node", choices=sorted(NODES), default="w1", help="node to dump")
+    parser.add_argument(
+        "--mode",
+        choices=("cluster", "offline"),
+        default="cluster",
+        help="agents following a cluster manager (default) or reading a static table",
+    )
+    parser.add_argument("--node", choices=sorted(CLUSTER_NODES), default="w1", help="node to dump")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per wait")
     parser.add_argument("--verbose", action="store_true", help="debug log, traceback on failure")
     args = parser.parse_args(argv)
+    if args.mode == "offline" and args.node not in OFFLINE_NODES:
+        parser.error(f"--node {args.node}: offline mode has {', '.join(OFFLINE_NODES)}")
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if os.geteuid() != 0:
@@ -399,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _raise_on_signal)
     LOG.info("testbed prefix %s", prefix)
     try:
-        text = build_and_dump(prefix, args.node, args.timeout)
+        text = build_and_dump(prefix, args.mode, args.node, args.timeout)
     except (KeyboardInterrupt, OSError, RuntimeError, tb_lib.TestbedError) as exc:
         LOG.debug("dump failed", exc_info=True)
         print(f"dump_pipeline: {type(exc).__name__}: {exc}", file=sys.stderr)

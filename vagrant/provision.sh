@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up one VM of the Vagrant testbed as ROLE (root, cluster or worker): write its config from
 # the examples in vagrant/config with the shared tokens, then install and start its systemd unit.
+# The cluster manager registers at the root; a worker's agent runs in cluster mode against the
+# cluster manager with its own node token (no static table, no configured subnets).
 # Run after scripts/install.sh. With --configs-only it only writes the configs (no root needed).
 #
 # Settings (environment; the Vagrantfile passes them):
@@ -115,33 +117,25 @@ JSON
 worker)
     node_ip="${OAKNET_NODE_IP:?set OAKNET_NODE_IP to the address of this worker}"
     index=-1
-    peers=()
     for i in "${!worker_ips[@]}"; do
         if [[ "${worker_ips[$i]}" == "$node_ip" ]]; then
             index=$i
-        else
-            peers+=("\"${worker_ips[$i]}\"")
         fi
     done
     ((index >= 0)) || { echo "OAKNET_NODE_IP $node_ip is not in OAKNET_WORKER_IPS" >&2; exit 2; }
-    # Node subnets, one /26 and one /120 per worker, as a cluster manager would hand them out.
-    read -r subnet_v4 subnet_v6 < <("$python" -c '
-import ipaddress, sys
-i = int(sys.argv[1])
-v4 = ipaddress.IPv4Network((int(ipaddress.IPv4Address("10.18.0.0")) + i * 64, 26))
-v6 = ipaddress.IPv6Network((int(ipaddress.IPv6Address("fc00::")) + i * 256, 120))
-print(v4, v6)' "$index")
-    [[ -n "${subnet_v6:-}" ]] || { echo "no subnets for worker $index" >&2; exit 1; }
+    node_id="w$((index + 1))"
+    # The node's token at the cluster manager (which maps it to this node id): only root
+    # (the agent) reads it. Cluster mode: the cluster hands out the subnets and the table.
+    token_file="$etc/node.token"
+    (umask 077; token "OAKNET_NODE_TOKEN_W$((index + 1))" >"$token_file.tmp")
+    printf '\n' >>"$token_file.tmp"
+    mv "$token_file.tmp" "$token_file"
     config="$etc/agent.yaml"
     render "$examples/agent.example.yaml" "$config" "$(cat <<JSON
-{"node_name": "w$((index + 1))", "node_ip": "$node_ip", "subnet_v4": "$subnet_v4",
- "subnet_v6": "$subnet_v6", "peers": [$(IFS=,; echo "${peers[*]}")],
- "service_table": "$etc/services.yaml"}
+{"node_id": "$node_id", "node_ip": "$node_ip", "cluster_url": "http://$cluster_ip:10110",
+ "node_token_file": "$token_file"}
 JSON
 )"
-    if [[ ! -f "$etc/services.yaml" ]]; then
-        install -m 0644 "$examples/services.example.yaml" "$etc/services.yaml"
-    fi
     unit=oaknet-agent
     ;;
 esac

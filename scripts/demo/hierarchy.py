@@ -67,6 +67,10 @@ class Started:
             text += tail(self.output)
         return f"{self.role} exited with {self.proc.returncode}: {text.strip() or '(no output)'}"
 
+    def last_words(self) -> str:
+        """The end of its log, for an error about a process that runs but is not ready."""
+        return f"{self.role}'s log ends: {tail(self.log).strip() or '(empty)'}"
+
 
 class Hierarchy:
     """Builds and runs the demo's managers and nodes in an entered ``testbed.Testbed``."""
@@ -215,16 +219,23 @@ class Hierarchy:
                 return False
             return True
 
-        self._wait(healthy, f"{proc.role} to answer")
+        self._wait(healthy, f"{proc.role} to answer", explain=proc.last_words)
 
-    def _wait(self, check: Callable[[], object], what: str, timeout: float = START_TIMEOUT):
+    def _wait(
+        self,
+        check: Callable[[], object],
+        what: str,
+        timeout: float = START_TIMEOUT,
+        explain: Callable[[], str] | None = None,
+    ):
         deadline = time.monotonic() + timeout
         while True:
             value = check()
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out waiting for {what}")
+                why = f"; {explain()}" if explain else ""
+                raise TimeoutError(f"timed out waiting for {what}{why}")
             time.sleep(0.1)
 
     # -- nodes -----------------------------------------------------------------------------
@@ -248,7 +259,11 @@ class Hierarchy:
             self.started.append(procs[name])
             self.nodes[name] = NodeApi(cfg["socket"])
         for name, proc in procs.items():
-            self._wait(lambda n=name, p=proc: self._reconciled(n, p), f"agent {name} to start")
+            self._wait(
+                lambda n=name, p=proc: self._reconciled(n, p),
+                f"agent {name} to start",
+                explain=proc.last_words,
+            )
 
     def _agent_config(self, name: str) -> dict:
         worker = self.workers[name]

@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 
 import testbed as tb_lib
@@ -15,7 +14,6 @@ import testbed as tb_lib
 from demo import topology as topo
 from demo.report import Progress
 from demo.scenario import Demo, DemoResult
-from ovs_setup.netns import open_netns, setns
 
 LOG = logging.getLogger(__name__)
 
@@ -91,7 +89,7 @@ def run_demo(
         demo = Demo(tb, progress, requests=requests)
         result = demo.run()
         if keep:
-            keep_delays(tb)
+            tb.keep_delays()
             kept = True
             explain_kept(progress, tb, result)
         return result
@@ -116,31 +114,6 @@ def check_host() -> None:
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
         raise DemoError(f"missing tools: {', '.join(missing)} (scripts/install.sh installs them)")
-
-
-def keep_delays(tb: tb_lib.Testbed) -> None:
-    """Keep the underlay's delay line running after the demo exits.
-
-    The delay line stops when its command pipe closes, which happens when this process exits;
-    a sleeping process in the underlay namespace holds the pipe open. It is removed with the
-    testbed (``oaknet testbed down`` kills every process in the run's namespaces).
-    """
-    delays = getattr(tb, "_delays", None)
-    if delays is None or delays.proc is None or delays.proc.stdin is None:
-        return
-    fd = open_netns(tb.underlay())
-    try:
-        subprocess.Popen(
-            ["sleep", "infinity"],
-            pass_fds=(delays.proc.stdin.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=lambda: setns(fd),  # noqa: PLW1509 - only a setns() in the child
-        )
-    finally:
-        os.close(fd)
 
 
 def explain_kept(progress: Progress, tb: tb_lib.Testbed, result: DemoResult) -> None:

@@ -240,6 +240,11 @@ class Testbed:
             "delay %s %s %s: %s ms", host_a.name, "<->" if both_ways else "->", host_b.name, ms
         )
 
+    def keep_delays(self) -> bool:
+        """Let the delays outlive this process (for a testbed left up on purpose); False when
+        no delay was ever set."""
+        return self._delays is not None and self._delays.keep_after_exit()
+
     # -- processes --------------------------------------------------------------------------
 
     def run_in(

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from ovs_setup.netns import iproute
+from ovs_setup.netns import iproute, open_netns, setns
 from testbed import procs
 
 LOG = logging.getLogger(__name__)
@@ -53,6 +53,31 @@ class Delays:
         if self.proc is not None:
             procs.stop(self.proc)
             self.proc = None
+
+    def keep_after_exit(self) -> bool:
+        """Keep the delay line running after this process exits; False if none runs.
+
+        The delay line stops when its command pipe closes, which happens when this process
+        exits; a sleeping process in the underlay namespace holds the pipe open. Both go with
+        the namespace (``testbed.cleanup`` kills every process in a run's namespaces).
+        """
+        if self.proc is None or self.proc.poll() is not None or self.proc.stdin is None:
+            return False
+        fd = open_netns(self.ul_netns)
+        try:
+            subprocess.Popen(
+                ["sleep", "infinity"],
+                pass_fds=(self.proc.stdin.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=lambda: setns(fd),  # noqa: PLW1509 - only a setns() in the child
+            )
+        finally:
+            os.close(fd)
+        LOG.info("delay line in %s kept for after this process", self.ul_netns)
+        return True
 
     def _ensure_process(self) -> None:
         if self.proc is None:

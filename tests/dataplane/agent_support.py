@@ -1,239 +1,63 @@
-"""Node agents on testbed workers for the agent's dataplane tests: start, stop, talk to them."""
+"""Node agents on testbed workers for the dataplane tests, and traffic from containers.
+
+The agents themselves come from the testbed library (``testbed.agents``); the names are
+re-exported here for the tests that import them from this module.
+"""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import socket
+import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from testbed.agents import (
+    AgentError,
+    NodeAgent,
+    call,
+    instance,
+    service,
+    start_agents,
+    subnets,
+    write_table,
+)
+
+__all__ = [
+    "AgentError",
+    "NodeAgent",
+    "PausedUdpClient",
+    "call",
+    "http_many",
+    "instance",
+    "oaknet",
+    "service",
+    "start_agents",
+    "start_tcp_sink",
+    "subnets",
+    "tcp_send",
+    "udp_connected",
+    "write_table",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def subnets(index: int) -> tuple[str, str]:
-    """The container subnets of worker number ``index`` (1-based): a /26 and a /120."""
-    return f"10.18.0.{(index - 1) * 64}/26", f"fc00::{(index - 1) * 256:x}/120"
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        """Connect to the unix socket instead of TCP."""
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
-def call(
-    sock_path: str,
-    method: str,
-    path: str,
-    body=None,
-    raw: bytes | None = None,
-    timeout: float = 30,
-) -> tuple[int, dict]:
-    """One request to a node API socket; returns (status, parsed JSON body)."""
-    conn = _UnixHTTPConnection(sock_path, timeout)
-    try:
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        text = resp.read()
-        return resp.status, (json.loads(text) if text else {})
-    finally:
-        conn.close()
-
-
-def write_table(path: str, services: list[dict]) -> None:
-    """Write a service table file atomically (agents poll it by modification time)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".table-")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(services, handle)
-    os.replace(tmp, path)
-
-
-def service(
-    name: str,
-    rr: str | None = None,
-    rr6: str | None = None,
-    closest: str | None = None,
-    instances: list[dict] | None = None,
-) -> dict:
-    """A service record as the table file holds it."""
-    ips = []
-    if rr or rr6:
-        ips.append({"policy": "round-robin", "ipv4": rr, "ipv6": rr6})
-    if closest:
-        ips.append({"policy": "closest", "ipv4": closest})
-    return {"name": name, "service_ips": ips, "instances": instances or []}
-
-
-def instance(number: int, ip: str, node_ip: str, ip6: str | None = None) -> dict:
-    """An instance record: its instance IP(s) and the node it is placed on."""
-    return {"number": number, "instance_ip": ip, "instance_ip_v6": ip6, "node_ip": node_ip}
-
-
-@dataclass
-class NodeAgent:
-    """The agent process of one worker (``python -m sdn``) and its unix-socket API."""
-
-    tb: object
-    worker: object
-    index: int
-    peers: list[str]
-    table_path: str
-    dir: str = ""
-    proc: object = None
-    starts: int = 0
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.dir = os.path.join(self.tb.base_dir, f"agent-{self.worker.name}")
-        os.makedirs(self.dir, exist_ok=True)
-        v4, v6 = subnets(self.index)
-        cfg = {
-            "node_name": self.worker.name,
-            "node_ip": self.worker.ip4,
-            "subnet_v4": v4,
-            "subnet_v6": v6,
-            "bridge": self.worker.bridge,
-            "ovs_db": self.worker.db_url,
-            "ovs_run_dir": self.worker.ovs.run_dir,
-            "datapath_type": self.worker.ovs.datapath_type,
-            "peers": self.peers,
-            "service_table": self.table_path,
-            "table_poll_s": 0.2,
-            "socket": os.path.join(self.dir, "agent.sock"),
-            "state_dir": os.path.join(self.dir, "state"),
-            **self.extra,
-        }
-        self.config_path = os.path.join(self.dir, "agent.yaml")
-        with open(self.config_path, "w") as handle:
-            yaml.safe_dump(cfg, handle)
-        self.socket = cfg["socket"]
-
-    @property
-    def log_path(self) -> str:
-        """Where this agent's current process logs (one file per start)."""
-        return os.path.join(self.dir, f"agent-{self.starts}.log")
-
-    def start(self, wait: bool = True) -> None:
-        """Start the agent in the worker's namespace; wait until it reconciled the switch."""
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.starts += 1
-        argv = [
-            sys.executable,
-            "-m",
-            "sdn",
-            "--config",
-            self.config_path,
-            "--log-file",
-            self.log_path,
-        ]
-        self.proc = self.tb.run_in(self.worker, argv, background=True, env=env)
-        if wait:
-            self.wait_reconciled()
-
-    def stop(self) -> None:
-        """Stop the agent process (SIGTERM); flows stay on the switch."""
-        if self.proc is not None:
-            self.tb.stop_process(self.proc)
-            self.proc = None
-
-    def wait_reconciled(self, timeout: float = 20) -> dict:
-        """Wait for the API to answer and the switch to be reconciled; return the health."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"agent {self.worker.name} exited: {self.tail()}")
-            try:
-                status, health = self.call("GET", "/api/v1/health")
-                last = health
-                if status == 200 and health["switch"]["reconciled"]:
-                    return health
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"agent {self.worker.name} not reconciled: {last} {self.tail()}")
-
-    def call(self, method: str, path: str, body=None, raw: bytes | None = None):
-        """One request to this agent's API: (status, body)."""
-        return call(self.socket, method, path, body, raw)
-
-    def attach(self, container, service_name: str, number: int, **extra) -> dict:
-        """Attach ``container`` as (service, instance); return the API's answer (must be 201)."""
-        status, body = self.call(
-            "POST",
-            "/api/v1/containers",
-            {"netns": container.path, "service": service_name, "instance": number, **extra},
-        )
-        assert status == 201, body
-        return body
-
-    def detach(self, service_name: str, number: int) -> dict:
-        """Detach (service, instance); return the API's answer (must be 200)."""
-        status, body = self.call("DELETE", f"/api/v1/containers/{service_name}/{number}")
-        assert status == 200, body
-        return body
-
-    def health(self) -> dict:
-        """GET /api/v1/health."""
-        return self.call("GET", "/api/v1/health")[1]
-
-    def services(self) -> dict:
-        """The agent's table by service name."""
-        return {s["name"]: s for s in self.call("GET", "/api/v1/services")[1]["services"]}
-
-    def wait_table(self, predicate, timeout: float = 10) -> None:
-        """Wait until ``predicate(table by name)`` holds for the agent's table."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self.services()):
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"agent {self.worker.name}: table condition not met")
-
-    def wait_peers(self, timeout: float = 15) -> None:
-        """Wait until BFD forwards on every tunnel and every peer has an RTT."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            peers = self.health()["peers"]
-            if all(p["bfd"].get("forwarding") and p["rtt_ms"] is not None for p in peers):
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"agent {self.worker.name}: peers not up: {self.health()['peers']}")
-
-    def tail(self, lines: int = 30) -> str:
-        """The end of the current log (for failure messages)."""
-        try:
-            with open(self.log_path, errors="replace") as handle:
-                return "".join(handle.readlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def start_agents(tb, workers: list, table_path: str, **extra) -> list[NodeAgent]:
-    """One agent per worker (peers = the other workers), started and reconciled."""
-    agents = []
-    for i, worker in enumerate(workers, 1):
-        peers = [w.ip4 for w in workers if w is not worker]
-        agents.append(NodeAgent(tb, worker, i, peers, table_path, extra=extra))
-    for agent in agents:
-        agent.start(wait=False)
-    for agent in agents:
-        agent.wait_reconciled()
-    return agents
+def oaknet(
+    *args: str, env: dict | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess:
+    """Run the ``oaknet`` command as a user would (a new process, the repo's Python)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OAKNET_")}
+    environ.update(PYTHONPATH=str(REPO), **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "oaknet.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environ,
+        cwd=REPO,
+        check=False,
+    )
 
 
 _UDP_CLIENT = r"""

@@ -18,7 +18,6 @@ from cluster_manager.config import ClusterConfig
 from oaknet import config as oaknet_config
 from root_manager.config import RootConfig
 from sdn import config as agent_config
-from sdn.table import load_table
 
 pytestmark = pytest.mark.unit
 
@@ -188,17 +187,26 @@ def test_units_pass_systemd_analyze(unit):
 # -- configs -------------------------------------------------------------------------------
 
 
-def test_example_configs_load_through_the_services_loaders():
+def test_example_configs_load_through_the_services_loaders(tmp_path):
     examples = VAGRANT / "config"
     root = oaknet_config.load(RootConfig, examples / "root.example.yaml", env={})
     cluster = oaknet_config.load(ClusterConfig, examples / "cluster.example.yaml", env={})
-    agent = agent_config.load(str(examples / "agent.example.yaml"))
-    assert load_table(str(examples / "services.example.yaml")) == {}
+    token = tmp_path / "node.token"
+    token.write_text("example-node-token-w1\n")
+    agent = agent_config.load(
+        str(examples / "agent.example.yaml"), {"node_token_file": str(token)}, env={}
+    )
+    agent.validate()
     assert (root.server.port, cluster.server.port) == (10099, 10110)
     assert cluster.root.url == "http://192.0.2.10:10099"
     assert root.auth.tokens[cluster.root.token]["subject"] == cluster.cluster_id
-    assert agent.node_ip == "192.0.2.21" and agent.peers == ("192.0.2.22",)
-    assert agent.datapath_type == "system"
+    # The agent follows the cluster manager (cluster mode) as the node its token names there.
+    assert agent.cluster_mode and agent.cluster_url == "http://192.0.2.11:10110"
+    assert agent.cluster_url.endswith(f":{cluster.server.port}")
+    assert cluster.auth.tokens[agent.read_token()] == {"subject": agent.node_id, "roles": ["node"]}
+    assert (agent.subnet_v4, agent.service_table, agent.peers) == (None, None, ())
+    assert agent.node_ip == "192.0.2.21" and agent.datapath_type == "system"
+    assert not (examples / "services.example.yaml").exists()  # no static table any more
 
 
 def provision(tmp_path: Path, role: str, **env: str) -> subprocess.CompletedProcess:
@@ -237,8 +245,8 @@ def test_provision_writes_configs_that_fit_together(tmp_path):
     etc = tmp_path / "etc"
     root = oaknet_config.load(RootConfig, etc / "root.yaml", env={})
     cluster = oaknet_config.load(ClusterConfig, etc / "cluster.yaml", env={})
-    w1 = agent_config.load(str(etc / "w1" / "agent.yaml"))
-    w3 = agent_config.load(str(etc / "w3" / "agent.yaml"))
+    w1 = agent_config.load(str(etc / "w1" / "agent.yaml"), env={})
+    w3 = agent_config.load(str(etc / "w3" / "agent.yaml"), env={})
 
     assert root.auth.tokens == {
         "adm1n": {"subject": "admin", "roles": ["admin"]},
@@ -252,20 +260,16 @@ def test_provision_writes_configs_that_fit_together(tmp_path):
         "n2tok": "w2",
         "n3tok": "w3",
     }
-    assert (w1.node_name, w1.subnet_v4, w1.subnet_v6, w1.peers) == (
-        "w1",
-        "10.18.0.0/26",
-        "fc00::/120",
-        ("192.0.2.22", "192.0.2.23"),
-    )
-    assert (w3.node_name, w3.subnet_v4, w3.subnet_v6, w3.peers) == (
-        "w3",
-        "10.18.0.128/26",
-        "fc00::200/120",
-        ("192.0.2.21", "192.0.2.22"),
-    )
-    assert w3.service_table == str(etc / "w3" / "services.yaml")
-    assert load_table(w3.service_table) == {}
+    # Each agent: cluster mode against the cluster VM, as the node its token names there.
+    for agent, name, ip in ((w1, "w1", "192.0.2.21"), (w3, "w3", "192.0.2.23")):
+        agent.validate()
+        assert agent.cluster_mode and agent.cluster_url == "http://192.0.2.11:10110"
+        assert (agent.node_id, agent.node_name, agent.node_ip) == (name, name, ip)
+        assert agent.node_token_file == str(etc / name / "node.token")
+        assert cluster.auth.tokens[agent.read_token()]["subject"] == agent.node_id
+        assert (agent.subnet_v4, agent.subnet_v6, agent.service_table) == (None, None, None)
+        assert os.stat(agent.node_token_file).st_mode & 0o077 == 0
+    assert not (etc / "w3" / "services.yaml").exists()
     # Configs hold tokens: not world-readable.
     assert (etc / "root.yaml").stat().st_mode & 0o007 == 0
 

@@ -16,9 +16,7 @@ import sys
 import tempfile
 
 import pytest
-
-from tests.control.conftest import REPO
-from tests.control.test_cli_services import oaknet
+from agent_support import REPO, oaknet
 
 pytestmark = pytest.mark.dataplane
 

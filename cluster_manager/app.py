@@ -14,7 +14,6 @@ from cluster_manager.rootlink import RootLink
 from cluster_manager.routes import ClusterState, net, node, ops
 from cluster_manager.table import Table
 from oaknet import web
-from oaknet.auth import Authenticator
 from oaknet.feed import Feed
 from oaknet.store import Store, open_store
 
@@ -33,20 +32,12 @@ def create_app(config: ClusterConfig, store: Store | None = None) -> Flask:
     table = Table(cache, root, nodes)
     refresher = Refresher(table)
     follower = RootFollower(table, root, config.root, refresher, config.server.port)
-    feed = Feed(
-        store,
-        poll_interval=config.feed.poll_interval,
-        keep=config.feed.keep,
-        compact_interval=config.feed.compact_interval,
-    )
+    feed = Feed.from_config(store, config.feed)
     state = ClusterState(
         config.cluster_id, cache, nodes, table, follower, refresher, feed, config.feed.max_timeout
     )
 
-    app = Flask("cluster_manager")
-    app.json.sort_keys = False
-    metrics = web.Metrics()
-    web.install(app, Authenticator(config.auth), metrics, max_body=config.server.max_body)
+    app, metrics = web.manager_app("cluster_manager", config.auth, config.server.max_body)
     app.extensions["oaknet_cluster"] = state
     app.register_blueprint(net)
     app.register_blueprint(node)

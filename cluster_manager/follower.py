@@ -104,8 +104,11 @@ class RootFollower:
         """Start following."""
         self._thread.start()
 
-    def stop(self, wait: float = 0.5) -> None:
+    def stop(self, wait: float = 0.1) -> None:
         """Stop; an open long-poll is left to end on its own (the thread is a daemon).
+
+        ``wait`` covers a step that is not a long-poll (an apply takes milliseconds); waiting
+        out the root's long-poll would hold up the manager's exit by up to its timeout.
 
         A late answer is harmless: it is checked against the stop flag, and every write is
         guarded by revision, so applying a change twice changes nothing.

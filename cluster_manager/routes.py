@@ -37,13 +37,13 @@ from oaknet import oakestra, web
 from oaknet.auth import NODE, ORCHESTRATOR, READER
 from oaknet.feed import Feed
 from oaknet.model import ModelError, parse_job_name
+from oaknet.ops import feed_health, ops_blueprint
 from oaknet.store import Change
-from oaknet.watching import watch_answer, watch_params
+from oaknet.watching import watch_params, watch_response
 from oaknet.web import ApiError, bad_request, field, int_field, json_body, requires
 
 net = Blueprint("cluster_net", __name__, url_prefix="/api/net")
 node = Blueprint("cluster_node", __name__, url_prefix="/api/net/node")
-ops = Blueprint("cluster_ops", __name__)
 
 UPDATE_TYPES = ("DEPLOYMENT", "UNDEPLOYMENT")
 
@@ -250,43 +250,26 @@ def watch():
         names = state.cache.interests_of(node_id)
         return [c for c in batch if c.kind == SERVICE and c.subject in names]
 
-    return jsonify(watch_answer(state.feed, since, timeout, select, lambda: _interesting(node_id)))
+    return watch_response(state.feed, since, timeout, select, lambda: _interesting(node_id))
 
 
 # -- operations ----------------------------------------------------------------------------
 
 
-@ops.get("/api/health")
-@web.public
-def health():
+def _health() -> dict:
     """Liveness, store reachability and the root link's state."""
     state = _state()
     root = state.follower.status()
-    return jsonify(
-        status="ok" if root["connected"] else "degraded",
-        cluster_id=state.cluster_id,
-        store=state.feed.store.description,
-        revision=state.feed.store.head(),
-        watchers=state.feed.watchers,
-        nodes=state.nodes.count(),
-        root=root,
-    )
+    return {
+        "status": "ok" if root["connected"] else "degraded",
+        "cluster_id": state.cluster_id,
+        **feed_health(state.feed),
+        "nodes": state.nodes.count(),
+        "root": root,
+    }
 
 
-@ops.get("/metrics")
-@web.public
-def metrics():
-    """Prometheus metrics."""
-    return web.metrics_response(current_app)
-
-
-@ops.get("/api/openapi.json")
-@web.public
-def openapi():
-    """This API's OpenAPI document."""
-    spec = web.openapi(current_app, "oaknet cluster manager", "1")
-    spec["info"]["description"] = (__doc__ or "").strip()
-    return jsonify(spec)
+ops = ops_blueprint("cluster_ops", "oaknet cluster manager", _health, (__doc__ or "").strip())
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -7,13 +7,15 @@ memory, so a hundred watchers waking on one change cost one store read, not a hu
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from oaknet.config import FeedConfig
 from oaknet.store import Change, Store, StoreError
 
 LOG = logging.getLogger(__name__)
@@ -51,12 +53,25 @@ class Feed:
         self.compact_interval = compact_interval
         self._cond = threading.Condition()
         self._recent: deque[Change] = deque(maxlen=cache_size)
+        self._encoded: OrderedDict[int, bytes] = OrderedDict()
+        self._encoded_lock = threading.Lock()
+        self._cache_size = cache_size
         self._head = store.head()
         self._compacted = store.compacted()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.watchers = 0
         store.add_listener(self._on_commit)
+
+    @classmethod
+    def from_config(cls, store: Store, cfg: FeedConfig) -> Feed:
+        """The feed of ``store`` with the configured polling, retention and compaction."""
+        return cls(
+            store,
+            poll_interval=cfg.poll_interval,
+            keep=cfg.keep,
+            compact_interval=cfg.compact_interval,
+        )
 
     @property
     def head(self) -> int:
@@ -126,6 +141,19 @@ class Feed:
         finally:
             with self._cond:
                 self.watchers -= 1
+
+    def change_json(self, change: Change) -> bytes:
+        """The JSON of ``change``, encoded once and shared by every watcher that sends it."""
+        with self._encoded_lock:
+            found = self._encoded.get(change.revision)
+        if found is not None:
+            return found
+        data = json.dumps(change.to_dict(), separators=(",", ":")).encode()
+        with self._encoded_lock:
+            self._encoded[change.revision] = data
+            while len(self._encoded) > self._cache_size:
+                self._encoded.popitem(last=False)
+        return data
 
     # -- internals ---------------------------------------------------------------------------
 

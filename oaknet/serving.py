@@ -9,6 +9,8 @@ import signal
 import socket
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +40,91 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class TaskPool:
+    """Runs waitress's tasks on up to ``size`` threads, started on demand.
+
+    The thread that went idle last takes the next task (a stack, where waitress's own pool
+    wakes the longest-idle thread): under load a few warm threads, with warm store
+    connections and CPU caches, serve the requests, instead of all of them in turn. The
+    threads a long-poll holds are simply not idle.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._lock = threading.Lock()
+        self._tasks: deque = deque()
+        self._idle: list[threading.Lock] = []  # the parked threads' wake-up locks, a stack
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._saturated = False
+
+    @property
+    def started(self) -> int:
+        """How many threads the pool has started so far."""
+        return len(self._threads)
+
+    def add_task(self, task) -> None:
+        """Queue a task; wake the most recently parked thread or start one."""
+        with self._lock:
+            if self._stopping:
+                task.cancel()
+                return
+            self._tasks.append(task)
+            if self._idle:
+                self._idle.pop().release()
+            elif len(self._threads) < self.size:
+                thread = threading.Thread(
+                    target=self._work, name=f"http-worker-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            elif not self._saturated:
+                self._saturated = True
+                LOG.warning("all %d server threads are busy; requests queue", self.size)
+
+    def shutdown(self, cancel_pending: bool = True, timeout: float = 5.0) -> bool:
+        """Stop the threads once their current task is done; cancel queued tasks."""
+        with self._lock:
+            self._stopping = True
+            pending = list(self._tasks) if cancel_pending else []
+            if cancel_pending:
+                self._tasks.clear()
+            for wake in self._idle:
+                wake.release()
+            self._idle.clear()
+            threads = list(self._threads)
+        for task in pending:
+            task.cancel()
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        busy = sum(t.is_alive() for t in threads)
+        if busy:
+            LOG.warning("%d server thread(s) still busy at shutdown", busy)
+        return not busy
+
+    def _work(self) -> None:
+        wake = threading.Lock()
+        while True:
+            with self._lock:
+                if self._tasks:
+                    task = self._tasks.popleft()
+                elif self._stopping:
+                    return
+                else:
+                    task = None
+                    self._saturated = False
+                    wake.acquire(blocking=False)
+                    self._idle.append(wake)
+            if task is None:
+                wake.acquire()  # until add_task or shutdown releases it
+                continue
+            try:
+                task.service()
+            except Exception:
+                LOG.exception("server task %r failed", task)
+
+
 class ServerThread:
     """A waitress server on a background thread; ``stop()`` ends it and its connections."""
 
@@ -54,7 +141,10 @@ class ServerThread:
             channel_timeout=120,  # longer than the longest long-poll
             ident="oaknet",
             clear_untrusted_proxy_headers=True,
-            asyncore_loop_timeout=0.2,  # how soon stop() is noticed
+            asyncore_loop_timeout=0.2,  # the loop's housekeeping runs at least this often
+            # Limitation: ``_dispatcher`` is waitress's underscored hook for the task
+            # dispatcher (3.0.2 here); a waitress upgrade has to keep it or TaskPool goes.
+            _dispatcher=TaskPool(cfg.threads),
         )
         self._thread = threading.Thread(target=self._run, name=f"http-{self.port}", daemon=True)
 
@@ -62,6 +152,11 @@ class ServerThread:
         """Start serving; returns self."""
         self._thread.start()
         return self
+
+    @property
+    def running(self) -> bool:
+        """True while the server loop runs."""
+        return self._thread.is_alive()
 
     def _run(self) -> None:
         try:
@@ -73,38 +168,45 @@ class ServerThread:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, close open connections, end the worker threads."""
         self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)
+        if self._thread.is_alive():
+            # Closing on the loop's own thread empties its socket map, so it returns at once
+            # instead of after its select timeout.
+            self.server.trigger.pull_trigger(self._close_all)
+            self._thread.join(timeout)
+        self._close_all()
+
+    def _close_all(self) -> None:
         for channel in list(self.server._map.values()):
             with contextlib.suppress(OSError):
                 channel.close()
         with contextlib.suppress(OSError):
             self.server.close()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
 
 
 def serve(factory: Callable[[], Flask], cfg: ServerConfig, name: str) -> None:
-    """Serve the app built by ``factory`` until interrupted (waitress, or gunicorn workers)."""
+    """Serve the app built by ``factory`` until SIGTERM or SIGINT (waitress, or gunicorn)."""
     if cfg.server == "gunicorn":
         _serve_gunicorn(factory, cfg, name)
         return
     app = factory()
     srv = ServerThread(app, cfg)
-    # SIGTERM (systemd, docker stop) ends the server like Ctrl-C: the feed and store close.
-    signal.signal(signal.SIGTERM, _interrupt)
+    stopping = threading.Event()
+    # The signal only sets a flag: the main thread then releases the long-poll watchers before
+    # the server waits for its threads, so a stop takes milliseconds, not a watcher's timeout.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    srv.start()
     _write_port(cfg, srv.port)
     LOG.info("%s serving on [%s]:%d (waitress, %d threads)", name, cfg.host, srv.port, cfg.threads)
-    try:
-        srv.server.run()  # returns on KeyboardInterrupt (Ctrl-C, or SIGTERM above)
-    finally:
-        LOG.info("%s stopping", name)
-        close = app.extensions.get("oaknet_close")
-        if close:
-            close()  # first: releases the long-poll watchers still holding server threads
-        srv.stop()
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    while not stopping.wait(1.0):
+        if not srv.running:
+            LOG.error("%s: the server loop ended unexpectedly", name)
+            break
+    LOG.info("%s stopping", name)
+    close = app.extensions.get("oaknet_close")
+    if close:
+        close()
+    srv.stop()
 
 
 def _write_port(cfg: ServerConfig, port: int) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from flask import Response, jsonify
+
 from oaknet.feed import Feed
 from oaknet.store import Change
 from oaknet.web import bad_request, int_field
@@ -26,24 +28,23 @@ def watch_params(
     return since, min(timeout, max_timeout)
 
 
-def watch_answer(
+def watch_response(
     feed: Feed,
     since: int,
     timeout: float,
     select: Callable[[list[Change]], list[Change]],
     resync_docs: Callable[[], list[dict]],
-) -> dict:
+) -> Response:
     """Long-poll ``feed``; ``{revision, resync, changes}`` plus ``services`` on a resync.
 
     On a resync the revision is read before the state, so a watcher continuing from it may
-    see a change again but never misses one.
+    see a change again but never misses one. Changes are encoded once per feed, not once per
+    watcher: a hundred watchers woken by one change share its JSON.
     """
     result = feed.wait(since, timeout, select=select)
     if result.resync:
         revision = feed.store.head()
-        return {"revision": revision, "resync": True, "changes": [], "services": resync_docs()}
-    return {
-        "revision": result.revision,
-        "resync": False,
-        "changes": [c.to_dict() for c in result.changes],
-    }
+        return jsonify(revision=revision, resync=True, changes=[], services=resync_docs())
+    changes = b",".join(feed.change_json(c) for c in result.changes)
+    body = b'{"revision":%d,"resync":false,"changes":[%s]}\n' % (result.revision, changes)
+    return Response(body, mimetype="application/json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -9,10 +10,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jwt
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from oaknet.auth import Authenticator, AuthError, Principal, authorize
+from oaknet.config import AuthConfig
 from oaknet.model import ModelError
 from oaknet.pools import AddressTaken, PoolError, PoolExhausted
 from oaknet.store import StoreBusy, StoreError
@@ -146,6 +149,15 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
+def manager_app(name: str, auth: AuthConfig, max_body: int) -> tuple[Flask, Metrics]:
+    """A manager's Flask app wired by ``install`` (JSON keys kept in order), and its metrics."""
+    app = Flask(name)
+    app.json.sort_keys = False
+    metrics = Metrics()
+    install(app, Authenticator(auth), metrics, max_body=max_body)
+    return app, metrics
+
+
 def install(
     app: Flask, authenticator: Authenticator, metrics: Metrics | None = None, max_body: int = 65536
 ) -> None:
@@ -154,6 +166,8 @@ def install(
     app.extensions["oaknet_auth"] = authenticator
     metrics = metrics or Metrics()
     app.extensions["oaknet_metrics"] = metrics
+
+    principals = PrincipalCache(authenticator)
 
     @app.before_request
     def _authenticate() -> None:
@@ -165,7 +179,7 @@ def install(
             return
         # A view that forgot to declare its roles is admin-only rather than open.
         roles = getattr(view, _ROLES_ATTR, None) or ("admin",)
-        who = authenticator.authenticate(request.headers.get("Authorization"))
+        who = principals.authenticate(request.headers.get("Authorization"))
         authorize(who, roles)
         g.oaknet_principal = who
 
@@ -177,14 +191,15 @@ def install(
             metrics.observe(
                 request.method, endpoint, response.status_code, time.monotonic() - started
             )
-        who = g.get("oaknet_principal")
-        LOG.debug(
-            "%s %s -> %d (%s)",
-            request.method,
-            request.path,
-            response.status_code,
-            who.subject if who else "-",
-        )
+        if LOG.isEnabledFor(logging.DEBUG):  # reading the request proxies costs even unlogged
+            who = g.get("oaknet_principal")
+            LOG.debug(
+                "%s %s -> %d (%s)",
+                request.method,
+                request.path,
+                response.status_code,
+                who.subject if who else "-",
+            )
         return response
 
     @app.errorhandler(ApiError)
@@ -246,6 +261,38 @@ def error_response(status: int, error: str, detail: str, field: str | None = Non
     return resp
 
 
+class PrincipalCache:
+    """Remembers the principal of each valid JWT until it expires: verified once, not per call.
+
+    Verifying an HS256 JWT costs about as much as the rest of a table query (RS256 far more);
+    a cluster or node sends the same token for hours. Only digests are kept, as the
+    authenticator does. Static tokens are a dictionary lookup already and are not cached.
+    """
+
+    def __init__(self, authenticator: Authenticator, size: int = 4096):
+        self.authenticator = authenticator
+        self.size = size
+        self._jwts: dict[bytes, tuple[Principal, float]] = {}
+
+    def authenticate(self, header: str | None) -> Principal:
+        """The principal of an Authorization header value, or AuthError(401)."""
+        token = (header or "").partition(" ")[2].strip()
+        if token.count(".") != 2:
+            return self.authenticator.authenticate(header)
+        digest = hashlib.sha256(header.encode("utf-8", "surrogatepass")).digest()
+        hit = self._jwts.get(digest)
+        if hit is not None and time.time() < hit[1]:
+            return hit[0]
+        who = self.authenticator.authenticate(header)
+        if who.method == "jwt":
+            # The signature and claims were just verified; only the expiry is read again.
+            exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+            if len(self._jwts) >= self.size:
+                self._jwts.clear()
+            self._jwts[digest] = (who, float(exp) + self.authenticator.cfg.jwt_leeway)
+        return who
+
+
 class Metrics:
     """Prometheus text metrics: request counters and latency, plus gauges read on scrape."""
 
@@ -302,65 +349,6 @@ class Metrics:
             else:
                 lines.append(f"{p}_{name} {value}")
         return "\n".join(lines) + "\n"
-
-
-def metrics_response(app: Flask) -> Response:
-    """The /metrics response of ``app``."""
-    return Response(
-        app.extensions["oaknet_metrics"].render(), mimetype="text/plain; version=0.0.4"
-    )
-
-
-def openapi(app: Flask, title: str, version: str) -> dict:
-    """An OpenAPI 3 document built from the url_map, view docstrings and declared roles."""
-    paths: dict[str, dict] = {}
-    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
-        if rule.endpoint == "static":
-            continue
-        view = app.view_functions[rule.endpoint]
-        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
-        doc = (view.__doc__ or "").strip().splitlines()
-        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            op: dict[str, Any] = {
-                "operationId": f"{rule.endpoint}_{method.lower()}",
-                "summary": doc[0] if doc else rule.endpoint,
-                "parameters": [
-                    {"name": a, "in": "path", "required": True, "schema": {"type": "string"}}
-                    for a in sorted(rule.arguments)
-                ],
-                "responses": {
-                    "200": {"description": "success"},
-                    "4XX": {"$ref": "#/components/responses/Error"},
-                },
-            }
-            if getattr(view, _PUBLIC_ATTR, False):
-                op["security"] = []
-            else:
-                op["x-roles"] = list(getattr(view, _ROLES_ATTR, None) or ("admin",))
-            paths.setdefault(path, {})[method.lower()] = op
-    error_schema = {
-        "type": "object",
-        "properties": {
-            "error": {"type": "string"},
-            "detail": {"type": "string"},
-            "field": {"type": "string", "nullable": True},
-        },
-    }
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": title, "version": version},
-        "paths": paths,
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "responses": {
-                "Error": {
-                    "description": "error",
-                    "content": {"application/json": {"schema": error_schema}},
-                }
-            },
-        },
-        "security": [{"bearer": []}],
-    }
 
 
 def view_roles(view: Callable) -> tuple[str, ...] | None:

@@ -7,7 +7,6 @@ import logging
 from flask import Flask
 
 from oaknet import web
-from oaknet.auth import Authenticator
 from oaknet.feed import Feed
 from oaknet.pools import Pools
 from oaknet.store import Store, open_store
@@ -27,12 +26,7 @@ def create_app(config: RootConfig, store: Store | None = None) -> Flask:
     if store is None:
         store = open_store(config.store.url, config.store.busy_timeout, config.store.lease)
     pools = Pools.from_config(config.pools)
-    feed = Feed(
-        store,
-        poll_interval=config.feed.poll_interval,
-        keep=config.feed.keep,
-        compact_interval=config.feed.compact_interval,
-    )
+    feed = Feed.from_config(store, config.feed)
     clusters = Clusters(store, pools)
     notifier = None
     if config.push.enabled:
@@ -45,10 +39,7 @@ def create_app(config: RootConfig, store: Store | None = None) -> Flask:
         max_timeout=config.feed.max_timeout,
     )
 
-    app = Flask("root_manager")
-    app.json.sort_keys = False
-    metrics = web.Metrics()
-    web.install(app, Authenticator(config.auth), metrics, max_body=config.server.max_body)
+    app, metrics = web.manager_app("root_manager", config.auth, config.server.max_body)
     app.extensions["oaknet_root"] = state
     app.register_blueprint(net)
     app.register_blueprint(pubnet)

@@ -83,11 +83,13 @@ class Clusters:
 
     def add_interest(self, cluster_id: str, job_name: str) -> bool:
         """Register the cluster's interest in a job; True when it is new (a write only then)."""
-        if self.store.get(CLUSTER, cluster_id) is None:
-            raise not_found(f"cluster {cluster_id} is not registered", "cluster_id")
         key = _interest_key(cluster_id, job_name)
+        # Clusters are never removed, so a stored interest proves the cluster registered: the
+        # repeated query, the common one, costs one read.
         if self.store.get(INTEREST, key) is not None:
             return False
+        if self.store.get(CLUSTER, cluster_id) is None:
+            raise not_found(f"cluster {cluster_id} is not registered", "cluster_id")
         with self.store.transaction() as tx:
             doc = {"cluster_id": cluster_id, "job_name": job_name}
             if not tx.create(INTEREST, key, doc, [f"cluster={cluster_id}", f"job={job_name}"]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -11,15 +12,17 @@ from oaknet import oakestra, web
 from oaknet.auth import CLUSTER, ORCHESTRATOR, READER
 from oaknet.feed import Feed
 from oaknet.model import ModelError, parse_job_name
+from oaknet.ops import feed_health, ops_blueprint
 from oaknet.pools import Pools
 from oaknet.store import Change
+from oaknet.watching import watch_params, watch_response
 from oaknet.web import ApiError, bad_request, field, int_field, json_body, not_found, requires
+from root_manager.answers import Answers
 from root_manager.clusters import Clusters, check_cluster_id
 from root_manager.services import SERVICE, UNDEPLOY_ALL, Record, Services, check_job_id
 
 net = Blueprint("net", __name__, url_prefix="/api/net")
 pubnet = Blueprint("pubnet", __name__, url_prefix="/api/pubnet/service/netinfo")
-ops = Blueprint("ops", __name__)
 
 
 @dataclass
@@ -31,6 +34,7 @@ class RootState:
     pools: Pools
     feed: Feed
     max_timeout: float
+    answers: Answers = dataclass_field(default_factory=Answers)
 
 
 def _state() -> RootState:
@@ -148,7 +152,7 @@ def table_query_by_name(service_name: str):
         parse_job_name(name)
     except ModelError as exc:
         raise bad_request(exc.message, "service_name") from None
-    return _table_query(lambda: _state().services.by_name(name), name)
+    return _table_query(lambda: _state().services.by_name(name), "name", name)
 
 
 @net.get("/service/ip/<service_ip>/instances")
@@ -156,7 +160,7 @@ def table_query_by_name(service_name: str):
 def table_query_by_ip(service_ip: str):
     """A service by service IP or instance IP (v4 with '_' for '.'); registers interest."""
     address = _path_ip(service_ip, "service_ip")
-    return _table_query(lambda: _state().services.by_ip(address), address)
+    return _table_query(lambda: _state().services.by_ip(address), "ip", address)
 
 
 @net.get("/services")
@@ -189,9 +193,7 @@ def release_subnet(address: str):
 def watch():
     """Long-poll the change feed: ?since=REV&timeout=S; a cluster sees only its interests."""
     state = _state()
-    args = dict(request.args)
-    since = int_field(args, "since", required=False, low=0) or 0
-    timeout = _float_arg(args, "timeout", 30.0, state.max_timeout)
+    since, timeout = watch_params(request.args, 30.0, state.max_timeout)
     cluster = _calling_cluster()
 
     def select(batch: list[Change]) -> list[Change]:
@@ -204,19 +206,14 @@ def watch():
         }
         return [c for c in batch if c.subject in wanted]
 
-    result = state.feed.wait(since, timeout, select=select)
-    if result.resync:
-        revision = state.feed.store.head()
+    def resync_docs() -> list[dict]:
         if cluster is None:
             records = state.services.all()
         else:
             records = state.services.by_names(state.clusters.interests(cluster))
-        return jsonify(
-            revision=revision, resync=True, changes=[], services=[r.to_doc() for r in records]
-        )
-    return jsonify(
-        revision=result.revision, resync=False, changes=[c.to_dict() for c in result.changes]
-    )
+        return [r.to_doc() for r in records]
+
+    return watch_response(state.feed, since, timeout, select, resync_docs)
 
 
 # -- public netinfo ------------------------------------------------------------------------
@@ -269,51 +266,36 @@ def available_ips(count: str = "1"):
     return jsonify(available_service_ips=out)
 
 
-# -- operations ----------------------------------------------------------------------------
-
-
-@ops.get("/api/health")
-@web.public
-def health():
+def _health() -> dict:
     """Liveness and store reachability."""
-    state = _state()
-    return jsonify(
-        status="ok",
-        store=state.feed.store.description,
-        revision=state.feed.store.head(),
-        watchers=state.feed.watchers,
-    )
+    return {"status": "ok", **feed_health(_state().feed)}
 
 
-@ops.get("/metrics")
-@web.public
-def metrics():
-    """Prometheus metrics."""
-    return web.metrics_response(current_app)
-
-
-@ops.get("/api/openapi.json")
-@web.public
-def openapi():
-    """This API's OpenAPI document."""
-    return jsonify(web.openapi(current_app, "oaknet root manager", "1"))
+ops = ops_blueprint("ops", "oaknet root manager", _health)
 
 
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _table_query(lookup, key: str) -> Response:
+def _table_query(lookup, kind: str, key: str) -> Response:
     state = _state()
     # The revision is read first: a watcher starting from it may see a change twice, never miss.
     revision = state.feed.store.head()
-    record = lookup()
-    if record is None:
-        raise not_found(f"no service {key}", "service")
+    answer = state.answers.get(f"{kind}={key}", revision)
+    if answer is None:
+        record = lookup()
+        if record is None:
+            raise not_found(f"no service {key}", "service")
+        answer = (record.service.job_id, record.service.name, _job(record).get_data())
+        state.answers.put(f"{kind}={key}", revision, answer)
+    job_id, name, body = answer
     cluster = _calling_cluster()
-    if cluster is not None and state.clusters.add_interest(cluster, record.service.name):
+    if cluster is not None and state.clusters.add_interest(cluster, name):
         # Read again after the interest is stored, so no change can fall in between.
-        record = state.services.get(record.service.job_id) or record
-    resp = _job(record)
+        record = state.services.get(job_id)
+        if record is not None:
+            body = _job(record).get_data()
+    resp = Response(body, mimetype=current_app.json.mimetype)
     resp.headers["X-Oaknet-Revision"] = str(revision)
     return resp
 
@@ -358,16 +340,3 @@ def _path_ip(text: str, label: str) -> str:
         return str(ipaddress.ip_address(oakestra.decode_path_name(text)))
     except ValueError:
         raise bad_request(f"{text!r} is not an IP address", label) from None
-
-
-def _float_arg(args: dict, name: str, default: float, high: float) -> float:
-    raw = args.get(name)
-    if raw in (None, ""):
-        return min(default, high)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise bad_request(f"{name} must be a number of seconds", name) from None
-    if not 0 <= value <= 3600:
-        raise bad_request(f"{name} must be within 0..3600", name)
-    return min(value, high)

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,27 +49,31 @@ def root_config(db: Path, **feed) -> RootConfig:
     return cfg
 
 
-class RootServer:
-    """A running root manager (in this process) and clients for each test principal."""
+class ManagerServer:
+    """A manager app served by waitress in this process, restartable on its port and store."""
 
-    def __init__(self, cfg: RootConfig):
+    state_key = ""  # the app extension holding the manager's state
+    create: Callable = staticmethod(lambda cfg: None)  # the manager's app factory
+
+    def __init__(self, cfg):
         self.cfg = cfg
         self.app = None
         self.srv = None
         self.start()
 
     def start(self) -> None:
-        self.app = create_app(self.cfg)
+        self.app = self.create(self.cfg)
         self.srv = ServerThread(self.app, self.cfg.server).start()
+        self.cfg.server.port = self.srv.port  # a restart keeps the address its callers know
         self.url = f"http://127.0.0.1:{self.srv.port}"
-        self.orch = self.client("tok-orchestrator")
-        self.c1 = self.client("tok-c1")
-        self.c2 = self.client("tok-c2")
-        self.c3 = self.client("tok-c3")
-        self.reader = self.client("tok-reader")
+        self.started()
+
+    def started(self) -> None:
+        """Called after each start (clients of the new server)."""
 
     def stop(self) -> None:
         if self.app is not None:
+            # As the production server does: release the long-polls, then end the threads.
             self.app.extensions["oaknet_close"]()
             self.srv.stop()
             self.app = None
@@ -82,11 +87,25 @@ class RootServer:
 
     @property
     def state(self):
-        return self.app.extensions["oaknet_root"]
+        return self.app.extensions[self.state_key]
 
     @property
     def db(self) -> str:
         return self.cfg.store.url[len("sqlite://") :]
+
+
+class RootServer(ManagerServer):
+    """A running root manager (in this process) and clients for each test principal."""
+
+    state_key = "oaknet_root"
+    create = staticmethod(create_app)
+
+    def started(self) -> None:
+        self.orch = self.client("tok-orchestrator")
+        self.c1 = self.client("tok-c1")
+        self.c2 = self.client("tok-c2")
+        self.c3 = self.client("tok-c3")
+        self.reader = self.client("tok-reader")
 
 
 @pytest.fixture
@@ -136,7 +155,14 @@ def deploy_body(job_id: str, app: str = "shop", svc: str = "web", **extra) -> di
 
 @contextlib.contextmanager
 def manager_process(module: str, name: str, tmp_path: Path, config: dict):
-    """``python -m <module>`` as a real process with ``config``; yields its base URL.
+    """``python -m <module>`` as a real process with ``config``; yields its base URL."""
+    with running_manager(module, name, tmp_path, config) as (url, _proc):
+        yield url
+
+
+@contextlib.contextmanager
+def running_manager(module: str, name: str, tmp_path: Path, config: dict):
+    """``python -m <module>`` as a real process with ``config``; yields (base URL, Popen).
 
     The server section is filled in (loopback, any port, a port file to learn it), the output
     goes to ``<name>.log``, and the process gets SIGINT (then SIGKILL) when the block ends.
@@ -161,9 +187,10 @@ def manager_process(module: str, name: str, tmp_path: Path, config: dict):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{name} did not start: {log_path.read_text()}")
                 time.sleep(0.05)
-            yield f"http://127.0.0.1:{int(port_file.read_text())}"
+            yield f"http://127.0.0.1:{int(port_file.read_text())}", proc
         finally:
-            proc.send_signal(signal.SIGINT)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:

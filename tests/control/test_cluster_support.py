@@ -19,8 +19,7 @@ from cluster_manager.config import ClusterConfig, RootLinkConfig
 from oaknet.auth import ADMIN, NODE, ORCHESTRATOR, READER
 from oaknet.client import Client, ClientError, Unavailable
 from oaknet.config import AuthConfig, FeedConfig, ServerConfig, StoreConfig
-from oaknet.serving import ServerThread
-from tests.control.conftest import RootServer, deploy_body, manager_process
+from tests.control.conftest import ManagerServer, RootServer, deploy_body, manager_process
 
 NODES = ("a1", "a2", "a3", "b1", "b2", "b3", *(f"n{i:02d}" for i in range(12)))
 # The cluster managers' own credentials: the orchestrator side, a reader, an admin, nodes.
@@ -55,46 +54,18 @@ def cluster_config(db: Path, cluster_id: str, root_url: str, **root) -> ClusterC
     return cfg
 
 
-class ClusterServer:
+class ClusterServer(ManagerServer):
     """A running cluster manager (in this process), restartable on the same port and store."""
 
-    def __init__(self, cfg: ClusterConfig):
-        self.cfg = cfg
-        self.app = None
-        self.srv = None
-        self.start()
+    state_key = "oaknet_cluster"
+    create = staticmethod(create_app)
 
-    def start(self) -> None:
-        self.app = create_app(self.cfg)
-        self.srv = ServerThread(self.app, self.cfg.server).start()
-        self.cfg.server.port = self.srv.port  # a restart keeps the address nodes know
-        self.url = f"http://127.0.0.1:{self.srv.port}"
+    def started(self) -> None:
         self.orch = self.client("tok-cm-orch")
         self.reader = self.client("tok-cm-reader")
 
-    def stop(self) -> None:
-        if self.app is not None:
-            self.srv.stop()
-            self.app.extensions["oaknet_close"]()
-            self.app = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def client(self, token: str | None) -> Client:
-        return Client(self.url, token=token, timeout=10, retries=0)
-
     def node(self, name: str) -> FakeNode:
         return FakeNode(self, name)
-
-    @property
-    def state(self):
-        return self.app.extensions["oaknet_cluster"]
-
-    @property
-    def db(self) -> str:
-        return self.cfg.store.url[len("sqlite://") :]
 
     def synced(self, root: RootServer) -> bool:
         """True once the follower has applied the root's feed up to the root's head."""

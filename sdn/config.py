@@ -84,6 +84,7 @@ class AgentConfig:
     state_dir: str = "/var/lib/oaknet"
     rtt_port: int = 50104
     rtt_interval_s: float = 1.0
+    audit_interval_s: float = 60.0  # idle switch re-read and repaired this often; 0: never
     log_level: str = "INFO"
     # -- cluster mode ---------------------------------------------------------------------
     cluster_url: str | None = None  # the cluster manager; set = cluster mode
@@ -262,6 +263,8 @@ def _validate(cfg: AgentConfig) -> None:
         raise ConfigError("underlay_mtu", f"{cfg.underlay_mtu!r} out of range")
     if cfg.tunnel_kind not in TUNNEL_UDP_PORT:
         raise ConfigError("tunnel_kind", f"{cfg.tunnel_kind!r} is not vxlan or geneve")
+    if cfg.audit_interval_s != 0 and not 1 <= cfg.audit_interval_s <= 86400:
+        raise ConfigError("audit_interval_s", f"{cfg.audit_interval_s} is not 0 or 1..86400")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level", f"{cfg.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
 

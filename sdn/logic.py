@@ -155,15 +155,7 @@ class Pipeline:
         flows += self._responder_flows(gw)
         for fam in pl.FAMILIES:
             ip = {"eth_type": fam.eth_type}
-            for prefix in self._ranges[fam.version]:
-                flows.append(
-                    Flow.make(
-                        pl.UNSNAT.id,
-                        pl.PRIO_UNSNAT,
-                        {**ip, fam.dst: prefix},
-                        (Ct(zone=pl.ZONE_SNAT, nat=Nat(), table=pl.UNDNAT.id),),
-                    )
-                )
+            # The SNAT zone is looked up only for local instance IPs (see port_flows).
             flows.append(
                 Flow.make(pl.UNSNAT.id, pl.PRIO_UNSNAT_SKIP, ip, (GotoTable(pl.UNDNAT.id),))
             )
@@ -307,6 +299,19 @@ class Pipeline:
                 )
             )
             if inst_ip is not None:
+                # Replies to the instance IP this container's connections leave with get their
+                # namespace IP back. Only this node's own instance IPs: a forward packet to a
+                # remote instance IP would match its own SNAT entry (whose original
+                # destination is that address) and be translated before the DNAT zone.
+                flows.append(
+                    Flow.make(
+                        pl.UNSNAT.id,
+                        pl.PRIO_UNSNAT,
+                        {**ip, fam.dst: inst_ip},
+                        (Ct(zone=pl.ZONE_SNAT, nat=Nat(), table=pl.UNDNAT.id),),
+                        owner,
+                    )
+                )
                 flows.append(
                     Flow.make(
                         pl.SNAT.id,

@@ -28,8 +28,8 @@ CLASSIFY = Table(
 UNSNAT = Table(
     1,
     "unsnat",
-    "packets to a semantic address: conntrack in the SNAT zone with nat, which turns a reply "
-    "to a local client's instance IP back into its namespace IP",
+    "packets to a local container's instance IP: conntrack in the SNAT zone with nat, which "
+    "turns a reply to a local client's instance IP back into its namespace IP",
     (2,),
 )
 UNDNAT = Table(
@@ -118,7 +118,7 @@ PRIO_RESPONDER = 300  # ARP requests and neighbour solicitations: answered
 PRIO_PEER_LEARN = 200  # BFD from a node without its own tunnel here: the agent learns it
 PRIO_ADMIT = 100  # a local port's or tunnel's IP traffic
 # unsnat
-PRIO_UNSNAT = 100  # destination inside a semantic range
+PRIO_UNSNAT = 100  # destination is a local instance IP
 PRIO_UNSNAT_SKIP = 50  # any other IP packet
 # undnat
 PRIO_UNDNAT = 100

@@ -268,6 +268,11 @@ def test_8_100mb_tcp_transfer_across_nodes(cluster):
     nbytes = 100 * 1000 * 1000
     result = tcp_send(cluster.tb, cluster.c["c1"].netns, "10.30.7.1", nbytes)
     assert result["sent"] == result["received"] == nbytes, result
+    # The same instance by its instance IP: every packet after the first takes the
+    # established path on both nodes.
+    nbytes = 10 * 1000 * 1000
+    result = tcp_send(cluster.tb, cluster.c["c1"].netns, "10.30.7.10", nbytes)
+    assert result["sent"] == result["received"] == nbytes, result
 
 
 def test_9_round_robin_over_ipv6(cluster):

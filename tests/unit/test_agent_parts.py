@@ -136,3 +136,28 @@ def test_table_file_reload_and_errors(tmp_path):
         parse_table([svc, svc])
     with pytest.raises(TableError, match="#0"):
         parse_table([{"name": "bad"}])
+    for bad in ({"audit_interval_s": -1}, {"audit_interval_s": 0.5}):
+        data = {"node_name": "n1", "node_ip": "192.0.2.1", "subnet_v4": "10.18.0.0/26", **bad}
+        with pytest.raises(config.ConfigError, match="audit_interval_s"):
+            config.from_dict(data)
+
+
+def test_table_file_parses_only_the_entries_that_changed(tmp_path):
+    path = tmp_path / "t.json"
+    one = {"name": "a.b.c.d", "service_ips": [{"policy": "round-robin", "ipv4": "10.30.0.1"}]}
+    two = {"name": "e.f.g.h", "service_ips": [{"policy": "round-robin", "ipv4": "10.30.0.2"}]}
+    path.write_text(json.dumps([one, two]))
+    tf = TableFile(str(path))
+    first = tf.read()
+    moved = {**two, "service_ips": [{"policy": "round-robin", "ipv4": "10.30.0.3"}]}
+    path.write_text(json.dumps([one, moved]))
+    second = tf.changed()
+    assert second["a.b.c.d"] is first["a.b.c.d"]  # unchanged: not parsed again
+    assert second["e.f.g.h"].service_ip("round-robin").ipv4 == "10.30.0.3"
+
+    # A bad entry is still refused (naming the file), and the next good file is read whole.
+    path.write_text(json.dumps([one, {**moved, "service_ips": [{"policy": "x"}]}]))
+    with pytest.raises(TableError, match=r"t\.json: service #1"):
+        tf.changed()
+    path.write_text(json.dumps([one]))
+    assert list(tf.changed()) == ["a.b.c.d"]

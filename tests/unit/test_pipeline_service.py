@@ -199,6 +199,22 @@ def test_instance_ip_reaches_exactly_its_instance(v):
 
 
 @FAMILIES
+def test_a_connection_to_a_remote_instance_ip_carries_on_after_its_first_packet(v):
+    net, _, _ = setup()
+    first = net.deliver("n1", syn(v, ADDR[v]["web1"]))
+    net.deliver("n3", first.packet.reply(31))
+    # The client's next packets (the handshake's end, data) take the established path: its
+    # namespace IP is translated once, after the DNAT zone found the connection.
+    for _ in range(3):
+        hop = net.deliver("n1", syn(v, ADDR[v]["web1"]))
+        assert (hop.node, hop.port) == ("n3", 31)
+        assert (hop.packet.ip_src, hop.packet.ip_dst) == (ADDR[v]["cli"], ADDR[v]["web1_ns"])
+        back = net.deliver("n3", hop.packet.reply(31))
+        assert (back.node, back.port) == ("n1", 11)
+        assert (back.packet.ip_src, back.packet.ip_dst) == (ADDR[v]["web1"], ADDR[v]["cli_ns"])
+
+
+@FAMILIES
 def test_instance_ip_follows_its_instance_after_a_move(v):
     net, _, cli = setup()
     moved = web_service((0, "n2", "web0"), (1, "n2", "web1"))

@@ -21,7 +21,8 @@ LOG = logging.getLogger(__name__)
 
 
 def create_app(config: ClusterConfig, store: Store | None = None) -> Flask:
-    """A ready cluster manager app following its root; ``oaknet_close`` stops it all."""
+    """A ready cluster manager app following its root (stop: ``oaknet_release``, then the
+    server, then ``oaknet_close``)."""
     config.validate()
     own_store = store is None
     if store is None:
@@ -60,14 +61,19 @@ def create_app(config: ClusterConfig, store: Store | None = None) -> Flask:
         lambda: len(cache.pending_removals()),
     )
 
-    def close() -> None:
+    def release() -> None:
+        # The background parts stop and the long-polls are answered; requests still work.
         follower.stop()
         refresher.stop()
         feed.stop()
         root.close()
+
+    def close() -> None:
+        # After the server stopped: no request uses the store any more.
         if own_store:
             store.close()
 
+    app.extensions["oaknet_release"] = release
     app.extensions["oaknet_close"] = close
     feed.start()
     refresher.start()

@@ -203,10 +203,14 @@ def serve(factory: Callable[[], Flask], cfg: ServerConfig, name: str) -> None:
             LOG.error("%s: the server loop ended unexpectedly", name)
             break
     LOG.info("%s stopping", name)
-    close = app.extensions.get("oaknet_close")
-    if close:
-        close()
+    stop_app(app, srv)
+
+
+def stop_app(app: Flask, srv: ServerThread) -> None:
+    """Stop a manager app and its server: long-polls released first, the store closed last."""
+    app.extensions["oaknet_release"]()
     srv.stop()
+    app.extensions["oaknet_close"]()
 
 
 def _write_port(cfg: ServerConfig, port: int) -> None:

@@ -20,7 +20,7 @@ LOG = logging.getLogger(__name__)
 
 
 def create_app(config: RootConfig, store: Store | None = None) -> Flask:
-    """A ready root manager app; ``app.extensions["oaknet_close"]()`` stops its feed and store."""
+    """A ready root manager app; ``oaknet_release`` stops its feed, ``oaknet_close`` its store."""
     config.validate()
     own_store = store is None
     if store is None:
@@ -58,13 +58,18 @@ def create_app(config: RootConfig, store: Store | None = None) -> Flask:
         "pool_size", "Addresses per pool.", lambda: {p.name: p.size for p in pools.all()}
     )
 
-    def close() -> None:
+    def release() -> None:
+        # The background parts stop and the long-polls are answered; requests still work.
         feed.stop()
         if notifier is not None:
             notifier.stop()
+
+    def close() -> None:
+        # After the server stopped: no request uses the store any more.
         if own_store:
             store.close()
 
+    app.extensions["oaknet_release"] = release
     app.extensions["oaknet_close"] = close
     feed.start()
     LOG.info("root manager ready: store %s, revision %d", store.description, feed.head)

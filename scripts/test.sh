@@ -4,7 +4,7 @@
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$repo/scripts/install.sh" shellcheck
+"$repo/scripts/install.sh" shellcheck nftables
 venv="${OAKNET_VENV:-$repo/.venv}"
 echo "[test] running pytest $*"
 cd "$repo"

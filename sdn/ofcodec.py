@@ -79,6 +79,7 @@ def oxm_codec(name: str) -> tuple[int, int, int, type]:
 
 
 def oxm_value(vtype, length: int, value) -> bytes:
+    """The wire bytes of one OXM value of os-ken type ``vtype``."""
     if vtype is type_desc.MacAddr:
         return bytes.fromhex(value.replace(":", ""))
     if vtype is type_desc.IPv4Addr:
@@ -90,6 +91,25 @@ def oxm_value(vtype, length: int, value) -> bytes:
             return socket.inet_pton(socket.AF_INET6, value)
         return ipaddress.IPv6Address(value).packed
     return int(value).to_bytes(length, "big")
+
+
+def _oxm_order(name: str) -> tuple[bool, str]:
+    return (name not in ("eth_type", "ip_proto"), name)
+
+
+def oxm_tlvs(fields: dict) -> bytes:
+    """The OXM TLVs of ``fields``, prerequisites first (NoFastPath for experimenter OXMs)."""
+    tlvs = bytearray()
+    for name in sorted(fields, key=_oxm_order):
+        oxm_class, field, length, vtype = oxm_codec(name)
+        value = fields[name]
+        if isinstance(value, tuple):
+            tlvs += struct.pack("!HBB", oxm_class, field << 1 | 1, 2 * length)
+            tlvs += oxm_value(vtype, length, value[0]) + oxm_value(vtype, length, value[1])
+        else:
+            tlvs += struct.pack("!HBB", oxm_class, field << 1, length)
+            tlvs += oxm_value(vtype, length, value)
+    return bytes(tlvs)
 
 
 class FastMatch(parser.OFPMatch):
@@ -108,17 +128,7 @@ class FastMatch(parser.OFPMatch):
     @classmethod
     def of(cls, fields: dict) -> FastMatch:
         """Encode ``fields`` (prerequisites first, as os-ken orders them)."""
-        tlvs = bytearray()
-        for name in sorted(fields, key=lambda n: (n not in ("eth_type", "ip_proto"), n)):
-            oxm_class, field, length, vtype = oxm_codec(name)
-            value = fields[name]
-            if isinstance(value, tuple):
-                tlvs += struct.pack("!HBB", oxm_class, field << 1 | 1, 2 * length)
-                tlvs += oxm_value(vtype, length, value[0]) + oxm_value(vtype, length, value[1])
-            else:
-                tlvs += struct.pack("!HBB", oxm_class, field << 1, length)
-                tlvs += oxm_value(vtype, length, value)
-        return cls(bytes(tlvs), fields)
+        return cls(oxm_tlvs(fields), fields)
 
     def serialize(self, buf, offset):
         """Write the ofp_match (padded to 8 bytes) at ``offset``; return its padded length."""

@@ -43,9 +43,10 @@ class SQLiteStore(Store):
         self.path = path
         self.description = f"sqlite:{path}"
         self.busy_timeout = busy_timeout
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._conns_lock = threading.Lock()
         self._threads = threading.local()
+        self._closed = False
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         conn = self._conn()
@@ -60,6 +61,8 @@ class SQLiteStore(Store):
     # -- connections -------------------------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"{self.description} is closed")
         conn = getattr(self._threads, "conn", None)
         if conn is None:
             try:
@@ -79,7 +82,7 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA mmap_size=67108864")
             self._threads.conn = conn
             with self._conns_lock:
-                self._conns.append(conn)
+                self._conns.append((threading.current_thread(), conn))
         return conn
 
     @contextlib.contextmanager
@@ -106,12 +109,20 @@ class SQLiteStore(Store):
                 raise StoreError(f"commit failed: {exc}") from exc
 
     def close(self) -> None:
-        """Close every connection this store opened (any thread)."""
+        """Close the store: later calls fail with StoreError.
+
+        Connections of threads that ended, and this thread's, are closed here. Another live
+        thread may be inside a call on its connection (closing it then crashes the sqlite
+        module), so that one is closed when its thread lets go of it.
+        """
+        self._closed = True
+        me = threading.current_thread()
         with self._conns_lock:
             conns, self._conns = self._conns, []
-        for conn in conns:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+        for thread, conn in conns:
+            if thread is me or not thread.is_alive():
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
         self._threads = threading.local()
 
     # -- reads -------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
 from oaknet.config import AuthConfig, ServerConfig, StoreConfig
-from oaknet.serving import ServerThread
+from oaknet.serving import ServerThread, stop_app
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 MARKER = re.compile(r"<!-- endpoints: (\w+) -->\n.*?<!-- end -->", re.DOTALL)
@@ -56,10 +56,10 @@ def openapi_documents() -> dict[str, dict]:
                     "cluster": cluster.test_client().get("/api/openapi.json").get_json(),
                 }
             finally:
+                cluster.extensions["oaknet_release"]()
                 cluster.extensions["oaknet_close"]()
         finally:
-            server.stop()
-            root.extensions["oaknet_close"]()
+            stop_app(root, server)
     return docs
 
 

@@ -18,7 +18,7 @@ import yaml
 from oaknet.auth import ADMIN, CLUSTER, NODE, ORCHESTRATOR, READER
 from oaknet.client import Client
 from oaknet.config import AuthConfig, FeedConfig, ServerConfig, StoreConfig
-from oaknet.serving import ServerThread
+from oaknet.serving import ServerThread, stop_app
 from root_manager.app import create_app
 from root_manager.config import RootConfig
 
@@ -73,9 +73,7 @@ class ManagerServer:
 
     def stop(self) -> None:
         if self.app is not None:
-            # As the production server does: release the long-polls, then end the threads.
-            self.app.extensions["oaknet_close"]()
-            self.srv.stop()
+            stop_app(self.app, self.srv)  # as the production server stops
             self.app = None
 
     def restart(self) -> None:

@@ -1,10 +1,12 @@
 """The switch side without a switch: what a reconcile sends, and what a refused bundle does."""
 
+import struct
 import threading
 import time
 from types import SimpleNamespace
 
 import pytest
+from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_5 as ofp
 from os_ken.ofproto import ofproto_v1_5_parser as parser
 
@@ -29,6 +31,7 @@ class FakeAgent:
     def __init__(self, flows, groups):
         self.flows, self.groups = flows, groups
         self.sink = None
+        self.cfg = SimpleNamespace(audit_interval_s=0)  # no idle audits
 
     def desired(self):
         """What the switch should hold."""
@@ -84,6 +87,24 @@ class FakeDatapath:
                 self.switch.on_error(SimpleNamespace(xid=msg.xid, type=17, code=13))
             else:
                 self.switch.on_reply(reply)
+        return True
+
+    def send(self, buf):
+        """Encoded messages (how the agent sends bundles): decoded, then as ``send_msg``."""
+        pos = 0
+        while pos < len(buf):
+            version, msg_type, length, xid = struct.unpack_from("!BBHI", buf, pos)
+            data = bytes(buf[pos : pos + length])
+            pos += length
+            if msg_type == ofp.OFPT_BUNDLE_ADD_MESSAGE:
+                (bundle_id,) = struct.unpack_from("!I", data, 8)
+                inner = data[16:]
+                v, t, n, inner_xid = ofproto_parser.header(inner)
+                assert inner_xid == xid
+                msg = ofproto_parser.msg(self, v, t, n, inner_xid, inner)
+                self.bundles.setdefault(bundle_id, []).append(msg)
+            else:
+                self.send_msg(ofproto_parser.msg(self, version, msg_type, length, xid, data))
         return True
 
     def committed(self):

@@ -163,13 +163,15 @@ class Table:
         return self.cache.entry(name) or entry
 
     def report_undeployed(self, node_id: str, name: str, number: int) -> Entry:
-        """A node stopped instance ``number``: its other nodes stop using it at once."""
+        """A node stopped instance ``number``: its cluster's nodes stop using it at once, the
+        other clusters' nodes once the root has it."""
         entry, _inst = self._own_instance(node_id, name, number)
-        # Limitation: the root has no report for a stopped instance; it keeps it until the
-        # orchestrator undeploys it, and only this cluster's nodes stop using it meanwhile.
         entry = self.cache.mark_stopped(entry, number, node_id)
         LOG.info("instance %s/%d stopped on node %s", name, number, node_id)
-        return entry
+        # The other clusters learn it from the root. When the root cannot be told now, the
+        # node's report fails with 502/503 and the node sends it again later.
+        report = {"instance_number": number, "status": "stopped", "worker_id": node_id}
+        return self._forward(entry, report)
 
     def report_address(
         self, node_id: str, name: str, number: int, host_ip: str, host_port: int | None

@@ -12,7 +12,7 @@ import sys
 from urllib.parse import urlsplit
 
 from oaknet import __version__
-from oaknet.cli_util import OK, USAGE, CliError, render_table, run_tool
+from oaknet.cli_util import OK, USAGE, CliError, render_table, run_tool, seconds
 from oaknet.client import Client, ClientError, Unavailable
 from oaknet.model import ModelError, Service
 from oaknet.oakestra import service_from_job
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("services", help="the service table of a root or cluster manager")
     p.add_argument("--url", help=f"manager URL (env OAKNET_URL; default {DEFAULT_URL})")
     p.add_argument("--token", help="bearer token (env OAKNET_TOKEN)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
+    p.add_argument("--timeout", type=seconds, default=5.0, help="seconds per request")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_services)
 

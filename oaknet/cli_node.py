@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from oaknet.cli_util import OK, USAGE, CliError, render_table, run_tool, unix_get
+from oaknet.cli_util import OK, USAGE, CliError, render_table, run_tool, seconds, unix_get
 
 DEFAULT_SOCKET = "/run/oaknet/agent.sock"  # sdn.config.AgentConfig.socket
 DEFAULT_RUN_DIR = "/run/openvswitch"  # sdn.config.AgentConfig.ovs_run_dir
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     node_sub = node.add_subparsers(metavar="ACTION")
     p = node_sub.add_parser("status", help="agent, switch, tunnels, flows and containers")
     add_target_options(p)
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
+    p.add_argument("--timeout", type=seconds, default=5.0, help="seconds per request")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_node_status)
     node.set_defaults(func=lambda args: _usage(node))

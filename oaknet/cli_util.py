@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import os
@@ -21,6 +22,17 @@ class CliError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text}: must be more than 0 and at most 3600")
+    return value
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -304,6 +304,16 @@ def _report(item: object, i: int) -> dict:
     where = f"instances[{i}]"
     if not isinstance(item, dict):
         raise bad_request(f"{where} must be an object", where)
+    status = field(item, "status", str, required=False, where=where) or "running"
+    if status not in ("running", "stopped"):
+        raise bad_request(f"{where}.status must be running or stopped", f"{where}.status")
+    if status == "stopped":
+        # Its node stopped it without an undeploy: every cluster stops sending to it.
+        return {
+            "instance_number": int_field(item, "instance_number", low=0, where=where),
+            "status": status,
+            "worker_id": field(item, "worker_id", str, required=False, where=where),
+        }
     v6 = item.get("namespace_ip_v6")
     report = {
         "instance_number": int_field(item, "instance_number", low=0, where=where),
@@ -314,6 +324,7 @@ def _report(item: object, i: int) -> dict:
         "host_ip": _ip_field(item, "host_ip", where, required=True),
         "host_port": int_field(item, "host_port", required=False, low=0, high=65535, where=where),
         "worker_id": field(item, "worker_id", str, required=False, where=where),
+        "status": status,
     }
     if report["namespace_ip"] is None and report["namespace_ip_v6"] is None:
         raise bad_request(

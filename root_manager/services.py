@@ -275,6 +275,11 @@ class Services:
                         f"cluster {inst.cluster_id}, not {cluster}",
                         label,
                     )
+                if rep.get("status") == "stopped":
+                    if rep.get("worker_id") in (None, inst.node_id):  # not placed anew since
+                        inst.namespace_ip = inst.namespace_ip_v6 = None
+                        inst.status = "stopped"
+                    continue
                 inst.namespace_ip = rep["namespace_ip"]
                 inst.namespace_ip_v6 = rep["namespace_ip_v6"]
                 inst.node_ip = rep["host_ip"]
@@ -288,9 +293,10 @@ class Services:
                     raise ModelError(f"{label}.{exc.field}", exc.message) from None
             self._save(tx, record)
         LOG.info(
-            "service %s: instances %s reported running",
+            "service %s: instances %s reported %s",
             record.service.name,
             ", ".join(str(r["instance_number"]) for r in reports),
+            "/".join(sorted({r.get("status", "running") for r in reports})),
         )
         self._notify(record.service.name, [r["instance_number"] for r in reports], DEPLOYMENT)
         return record

@@ -208,7 +208,13 @@ class Agent(TableOps):
         with self._ops:
             with self._lock:
                 check_attachable(
-                    self.file_table, self.containers, self.uplink, service, instance, mappings
+                    self.file_table,
+                    self.containers,
+                    self.uplink,
+                    service,
+                    instance,
+                    mappings,
+                    self.cfg.node_ip,
                 )
                 idx, ip4, ip6 = self.pool.allocate()
             port_name = port_name_of(service, instance)

@@ -38,6 +38,7 @@ LOG = logging.getLogger(__name__)
 
 # How long an attach waits for the cluster to learn an instance the root has just placed.
 LEARN_INSTANCE_S = 3.0
+LEARN_POLL_S = 0.02  # a query the cluster answers from its cache: cheap
 
 
 class ClusterSync(ClusterTable):
@@ -137,16 +138,22 @@ class ClusterSync(ClusterTable):
 
     def learn_service(self, service: str, instance: int) -> None:
         """Make sure ``service`` (with ``instance``) is in the table before an attach."""
+        own = self.cfg.node_ip
+
+        def placed_here(svc) -> bool:
+            inst = svc.instance(instance) if svc is not None else None
+            return inst is not None and inst.node_ip in (None, own)
+
         known = self.agent.file_table.get(service)
-        if known is not None and known.instance(instance) is not None:
+        if placed_here(known):
             return
-        # The cluster learns an instance from the root's feed; a runtime that attaches right
-        # after the orchestrator placed the instance can be a few feed rounds ahead of it.
+        # The cluster learns an instance (or its move here) from the root's feed; a runtime
+        # that attaches right after the orchestrator placed it can be a few rounds ahead.
         deadline = time.monotonic() + LEARN_INSTANCE_S
         try:
             svc, revision = self._query(self.link.query_name, service)
-            while svc.instance(instance) is None and time.monotonic() < deadline:
-                time.sleep(0.1)
+            while not placed_here(svc) and time.monotonic() < deadline:
+                time.sleep(LEARN_POLL_S)
                 svc, revision = self._query(self.link.query_name, service)
         except ClientError as exc:
             if known is not None:

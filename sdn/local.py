@@ -279,15 +279,21 @@ def check_attachable(
     service: str,
     instance: int,
     mappings: tuple[PortMapping, ...],
+    node_ip: str,
 ) -> None:
     """Raise LocalError unless (service, instance) may be attached here now."""
     svc = table.get(service)
     if svc is None:
         detail = f"{service} is not in the service table"
         raise LocalError(404, "unknown_service", "serviceName", detail)
-    if svc.instance(instance) is None:
+    inst = svc.instance(instance)
+    if inst is None:
         detail = f"{service} has no instance {instance} in the table"
         raise LocalError(404, "unknown_instance", "instanceNumber", detail)
+    if inst.node_ip not in (None, node_ip):
+        # Taking it over would leave two containers answering for one instance IP.
+        detail = f"{service} instance {instance} is placed on node {inst.node_ip}, not here"
+        raise LocalError(409, "placed_elsewhere", "instanceNumber", detail)
     if (service, instance) in containers:
         detail = f"{service} instance {instance} is attached already"
         raise LocalError(409, "duplicate_instance", "instanceNumber", detail)

@@ -191,7 +191,7 @@ def _target(
     peers: Mapping[str, Peer],
     costs: Mapping[str, float],
 ) -> Target | None:
-    if inst.node_ip is None:
+    if inst.node_ip is None or inst.status == "stopped":
         return None
     if inst.node_ip == ctx.node_ip:
         port = local_ports.get(inst.number)

@@ -73,7 +73,14 @@ def check_netns(netns: str | int) -> None:
     except NetnsError as exc:
         field = "pid" if isinstance(netns, int) else "netns"
         raise LocalError(404, "unknown_netns", field, str(exc)) from None
-    os.close(fd)
+    try:
+        target, own = os.fstat(fd), os.stat("/proc/self/ns/net")
+    finally:
+        os.close(fd)
+    # The node's own namespace would get the container's eth0 and default route.
+    if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
+        field = "pid" if isinstance(netns, int) else "netns"
+        raise LocalError(400, "bad_request", field, f"{netns!r} is the node's own namespace")
 
 
 class NodeOps:

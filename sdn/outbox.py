@@ -115,7 +115,11 @@ class Outbox:
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, self._retry_s * MAX_BACKOFF_FACTOR)
                     continue
-                LOG.warning("cluster refused %s %s: %s", report.op, report.body, exc)
+                if report.op == "undeployed" and exc.status == 404:
+                    # The orchestrator undeployed it at the root first: nothing left to tell.
+                    LOG.info("cluster no longer knows %s: nothing to report", report.body)
+                else:
+                    LOG.warning("cluster refused %s %s: %s", report.op, report.body, exc)
             backoff = self._retry_s
             with self._cond:
                 self._items = [r for r in self._items if r is not report]

@@ -130,7 +130,7 @@ def explain_kept(progress: Progress, tb: tb_lib.Testbed, result: DemoResult) -> 
         ),
         f"  curl -s --unix-socket {base}/w1-agent/agent.sock http://node/api/v1/health",
         f"  ip netns exec {p}-{topo.container_name(topo.CLIENT, 0, 'w1')} curl -s http://{web}/",
-        f"Logs: {base}/*/*.log. Remove everything: oaknet testbed down {p}",
+        f"Logs: {base}/*/*.log. Remove everything: .venv/bin/oaknet testbed down {p}",
     ]
     for line in lines:
         progress.line(line)

@@ -109,6 +109,12 @@ class FakeNode:
             },
         )
 
+    def undeployed(self, name: str, number: int) -> dict:
+        """The reference's ``service/undeployed`` payload."""
+        return self.api.post(
+            "/api/net/node/service/undeployed", {"appname": name, "instance_number": number}
+        )
+
     def watch_once(self, since: int, timeout: float = 0) -> dict:
         return self.api.watch("/api/net/node/watch", since, timeout)
 

@@ -109,6 +109,45 @@ def test_an_instance_reaches_exactly_the_interested_nodes(root, c1, c2, nodes):
     assert nodes["a3"].changes == [] and nodes["b3"].changes == []
 
 
+def test_an_instance_its_node_stopped_is_dropped_in_every_cluster(root, c1, c2, nodes):
+    deploy_service(root, SHOP_ID, "shop")
+    deploy_instance(root, SHOP_ID, 0, "c1", "a1", "192.0.2.11")
+    deploy_instance(root, SHOP_ID, 1, "c2", "b1", "192.0.2.14")
+    nodes["a2"].query(SHOP)
+    nodes["b2"].query(SHOP)
+    nodes["a1"].deployed(SHOP, 0, "10.18.0.2", "fc00::2", "192.0.2.11")
+    for name in ("a2", "b2"):
+        nodes[name].start_watching()
+
+    def state_of(node, number):
+        for change in reversed(node.changes):
+            for inst in change["doc"]["service"]["instances"]:
+                if inst["number"] == number:
+                    return inst["status"], inst["namespace_ip"]
+        return None
+
+    # a1's container goes away without an undeploy at the root (a crash, a runtime's stop).
+    nodes["a1"].undeployed(SHOP, 0)
+    for name in ("a2", "b2"):
+        wait_until(
+            lambda n=nodes[name]: state_of(n, 0) == ("stopped", None),
+            what=f"{name} to see instance 0 stopped",
+        )
+    [job] = [j for j in root.reader.get("/api/net/services") if j["_id"] == SHOP_ID]
+    [inst] = [i for i in job["instance_list"] if i["instance_number"] == 0]
+    assert inst["status"] == "stopped", inst
+
+    # Reported deployed again, it is back everywhere.
+    nodes["a1"].deployed(SHOP, 0, "10.18.0.3", "fc00::3", "192.0.2.11")
+    for name in ("a2", "b2"):
+        wait_until(
+            lambda n=nodes[name]: state_of(n, 0) == ("running", "10.18.0.3"),
+            what=f"{name} to see instance 0 running again",
+        )
+    for name in ("a2", "b2"):
+        nodes[name].stop_watching()
+
+
 def test_a_service_of_the_other_cluster_is_resolved_through_the_root(root, c1, c2, nodes):
     deploy_service(root, MAPS_ID, "maps")
     deploy_instance(root, MAPS_ID, 0, "c2", "b1", "192.0.2.14")

@@ -115,6 +115,12 @@ def test_bad_input_is_refused_and_leaves_nothing(node, testbed):
             "unknown_netns",
         ),
         ({"netns": "/etc/hostname", "service": CLIENT, "instance": 1}, 404, "unknown_netns"),
+        # The agent's own namespace (the node's) must never get a container's eth0.
+        (
+            {"netns": f"/run/netns/{worker.netns}", "service": CLIENT, "instance": 1},
+            400,
+            "bad_request",
+        ),
         (
             {"netns": spare.path, "service": "shop.prod.nothere.default", "instance": 0},
             404,

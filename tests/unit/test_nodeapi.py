@@ -1,5 +1,6 @@
 """The node API answers bad input with a clear 4xx and leaves nothing half-made."""
 
+import dataclasses
 import threading
 
 import pytest
@@ -214,6 +215,19 @@ def test_duplicate_instance_conflicts(client, agent):
     res = deploy(client)
     assert res.status_code == 409 and res.json["error"] == "duplicate_instance"
     assert len(agent.ops.attached) == 1 and len(agent.pool.used) == 1
+
+
+def test_an_instance_placed_on_another_node_is_not_taken_over(client, agent):
+    svc = agent.file_table[WEB]
+    moved = [
+        dataclasses.replace(i, node_ip="192.0.2.9") if i.number == 3 else i for i in svc.instances
+    ]
+    agent.set_table({WEB: dataclasses.replace(svc, instances=moved)})
+    res = deploy(client, instanceNumber=3)
+    assert res.status_code == 409 and res.json["error"] == "placed_elsewhere"
+    assert "192.0.2.9" in res.json["detail"]
+    assert agent.ops.attached == {} and not agent.pool.used
+    assert deploy(client, instanceNumber=2).status_code == 200
 
 
 def test_failed_attach_releases_the_address(client, agent):

@@ -132,7 +132,10 @@ def undeploy_instance(job_id: str, instance_number: str):
 @net.post("/service/net_deploy_status")
 @requires(CLUSTER, ORCHESTRATOR)
 def net_deploy_status():
-    """Report where instances run: {job_id, instances: [{instance_number, namespace_ip, ...}]}."""
+    """Report where instances run, or that their node stopped them (item status "stopped").
+
+    Body: {job_id, instances: [{instance_number, namespace_ip, ..., status}]}.
+    """
     body = json_body()
     job_id = field(body, "job_id", (str, int))
     items = field(body, "instances", list)

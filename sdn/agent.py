@@ -214,7 +214,8 @@ class Agent(TableOps):
                     service,
                     instance,
                     mappings,
-                    self.cfg.node_ip,
+                    # Offline, the table file may lag behind the runtime; the cluster does not.
+                    self.cfg.node_ip if self.cluster is not None else None,
                 )
                 idx, ip4, ip6 = self.pool.allocate()
             port_name = port_name_of(service, instance)
@@ -440,9 +441,15 @@ class Agent(TableOps):
         except (RuntimeError, OSError) as exc:
             LOG.error("underlay bridge flows not updated: %s", exc)
 
+    def settled(self) -> None:
+        """Return once the switch applied every change computed so far (or after 10 s)."""
+        self._submit(Delta(), wait=True)
+
     def _submit(self, delta: Delta, wait: bool = False) -> None:
+        # An empty delta that is waited for still goes through the switch's queue: it returns
+        # once every delta queued before it was applied.
         sink = self.sink
-        if not delta or sink is None:
+        if sink is None or not (delta or wait):
             return
         done = sink.submit(delta)
         if wait and sink.connected() and not done.wait(10):

@@ -27,10 +27,15 @@ class ClusterTable:
                 self._dropping.pop(svc.name, None)
             self.outbox.cancel("forget", job_body(svc.name))
             with self._lock:
-                if revision < self.revs.get(svc.name, -1):
-                    return
-                self.revs[svc.name] = revision
-            self._put_and_book({svc.name: svc}, [], wait)
+                newer = revision < self.revs.get(svc.name, -1)
+                if not newer:
+                    self.revs[svc.name] = revision
+            if not newer:
+                self._put_and_book({svc.name: svc}, [], wait)
+        if wait:
+            # The feed may have brought the service first, its flows still queued for the
+            # switch: a re-injected packet must find them.
+            self.agent.settled()
 
     def _apply_answer(self, answer: dict, generation: int) -> None:
         """Apply one watch answer (changes or a resync) and move the revision on."""

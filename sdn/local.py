@@ -279,9 +279,12 @@ def check_attachable(
     service: str,
     instance: int,
     mappings: tuple[PortMapping, ...],
-    node_ip: str,
+    node_ip: str | None,
 ) -> None:
-    """Raise LocalError unless (service, instance) may be attached here now."""
+    """Raise LocalError unless (service, instance) may be attached here now.
+
+    ``node_ip``: this node's, to refuse an instance placed on another node (None: no check).
+    """
     svc = table.get(service)
     if svc is None:
         detail = f"{service} is not in the service table"
@@ -290,7 +293,7 @@ def check_attachable(
     if inst is None:
         detail = f"{service} has no instance {instance} in the table"
         raise LocalError(404, "unknown_instance", "instanceNumber", detail)
-    if inst.node_ip not in (None, node_ip):
+    if node_ip is not None and inst.node_ip not in (None, node_ip):
         # Taking it over would leave two containers answering for one instance IP.
         detail = f"{service} instance {instance} is placed on node {inst.node_ip}, not here"
         raise LocalError(409, "placed_elsewhere", "instanceNumber", detail)

@@ -217,7 +217,18 @@ def test_duplicate_instance_conflicts(client, agent):
     assert len(agent.ops.attached) == 1 and len(agent.pool.used) == 1
 
 
+class _Cluster:
+    """The agent's cluster side, reduced to what an attach asks of it."""
+
+    def learn_service(self, service, instance):
+        """The table is current."""
+
+    def report_deployed(self, c):
+        """Nothing to tell."""
+
+
 def test_an_instance_placed_on_another_node_is_not_taken_over(client, agent):
+    agent.cluster = _Cluster()  # the cluster's placement is authoritative (offline: a file)
     svc = agent.file_table[WEB]
     moved = [
         dataclasses.replace(i, node_ip="192.0.2.9") if i.number == 3 else i for i in svc.instances

@@ -209,6 +209,16 @@ def format_status(status: dict) -> str:
     if sw.get("last_error"):
         state += f", last error: {sw['last_error']}"
     lines.append(f"switch    {state}")
+    cluster = h.get("cluster")
+    if cluster:
+        link = "connected" if cluster.get("connected") else "NOT connected"
+        link += f" to {cluster.get('url')} as {cluster.get('node_id')}"
+        link += f", revision {cluster.get('revision')}"
+        if cluster.get("pending_reports"):
+            link += f", {cluster['pending_reports']} reports waiting"
+        if not cluster.get("connected") and cluster.get("last_error"):
+            link += f", last error: {cluster['last_error']}"
+        lines.append(f"cluster   {link}")
     if ovs.get("version"):
         lines.append(
             f"OVS       {ovs['version']} (run dir {ovs['run_dir']}, bridge {ovs['bridge']})"

@@ -220,6 +220,8 @@ class NodeOps:
         except ovs_container.AttachError as exc:
             if isinstance(exc.__cause__, NetnsError):
                 raise LocalError(404, "unknown_netns", "netns", str(exc)) from None
+            if str(exc).startswith("ifname:"):  # the namespace has an eth0 of its own
+                raise LocalError(409, "ifname_exists", "netns", str(exc)) from None
             raise LocalError(500, "attach_failed", "netns", str(exc)) from None
         return port.ofport
 

@@ -107,7 +107,10 @@ def test_bad_input_is_refused_and_leaves_nothing(node, testbed):
     flows_before = sorted(worker.dump_flows())
     links_before = _links(testbed, worker.netns)
     spare = testbed.add_container(worker, "spare")
+    taken = testbed.add_container(worker, "taken")  # has an eth0 of its own already
+    testbed.run_in(taken.netns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "eth9"])
     cases = [
+        ({"netns": taken.path, "service": CLIENT, "instance": 1}, 409, "ifname_exists"),
         ({"pid": 4194304, "service": CLIENT, "instance": 1}, 404, "unknown_netns"),
         (
             {"netns": "/run/netns/no-such-ns", "service": CLIENT, "instance": 1},

@@ -284,3 +284,37 @@ def test_testbed_up_runs_the_demo_with_keep(tmp_path, monkeypatch, capfd):
 def test_testbed_down_refuses_what_is_not_a_prefix(capfd):
     assert cli.main(["testbed", "down", "Bad-Prefix"]) == 2
     assert "is not a testbed prefix" in capfd.readouterr().err
+
+
+def test_node_status_shows_the_cluster_link_and_why_it_is_down():
+    from oaknet.cli_node import format_status
+
+    health = {
+        "node": "w1",
+        "node_ip": "192.0.2.1",
+        "switch": {"connected": True, "reconciled": False},
+        "cluster": {
+            "url": "http://192.0.2.11:10110",
+            "node_id": "w1",
+            "connected": False,
+            "revision": 7,
+            "pending_reports": 2,
+            "last_error": "connection refused",
+        },
+    }
+    ovs = {"version": "3.1.0", "run_dir": "/run/x", "bridge": "br-int", "flows": 3, "groups": 0}
+    text = format_status(
+        {"health": health, "ovs": ovs, "agent": {"socket": "s"}, "containers": []}
+    )
+    line = next(x for x in text.splitlines() if x.startswith("cluster"))
+    assert "NOT connected to http://192.0.2.11:10110 as w1" in line
+    assert "2 reports waiting" in line and "connection refused" in line
+    offline = format_status(
+        {
+            "health": {**health, "cluster": None},
+            "ovs": ovs,
+            "agent": {"socket": "s"},
+            "containers": [],
+        }
+    )
+    assert not [x for x in offline.splitlines() if x.startswith("cluster")]

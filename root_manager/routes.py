@@ -19,7 +19,14 @@ from oaknet.watching import watch_params, watch_response
 from oaknet.web import ApiError, bad_request, field, int_field, json_body, not_found, requires
 from root_manager.answers import Answers
 from root_manager.clusters import Clusters, check_cluster_id
-from root_manager.services import SERVICE, UNDEPLOY_ALL, Record, Services, check_job_id
+from root_manager.services import (
+    MAX_INSTANCE_NUMBER,
+    SERVICE,
+    UNDEPLOY_ALL,
+    Record,
+    Services,
+    check_job_id,
+)
 
 net = Blueprint("net", __name__, url_prefix="/api/net")
 pubnet = Blueprint("pubnet", __name__, url_prefix="/api/pubnet/service/netinfo")
@@ -112,7 +119,7 @@ def deploy_instance():
     """Add an instance: {_id, instance_number, cluster_id, worker_id?, host_ip?}."""
     body = json_body()
     job_id = field(body, "_id", (str, int))
-    number = int_field(body, "instance_number", low=0)
+    number = int_field(body, "instance_number", low=0, high=MAX_INSTANCE_NUMBER)
     cluster_id = check_cluster_id(field(body, "cluster_id", (str, int)))
     worker_id = field(body, "worker_id", str, required=False)
     host_ip = _ip_field(body, "host_ip")

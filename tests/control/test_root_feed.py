@@ -186,6 +186,8 @@ def test_a_hundred_long_poll_watchers_are_woken_together(tmp_path):
         assert len(done) == 100 and all(n == 1 for _, n in done)
         spread = max(t for t, _ in done) - fired
         print(f"100 watchers woken within {spread * 1000:.0f} ms")
-        assert spread < 3
+        # Woken by the change, not by their 20 s timeout (how fast is the benchmark's matter:
+        # here 100 clients share the server's process and its GIL).
+        assert spread < 10
     finally:
         server.stop()

@@ -221,6 +221,15 @@ CASES = [
         400,
         "instance_number",
     ),
+    # An instance number must also fit the path that undeploys it.
+    (
+        "POST",
+        "/api/net/instance/deploy",
+        {"_id": JOB, "instance_number": 10**20, "cluster_id": "c1"},
+        None,
+        400,
+        "instance_number",
+    ),
     (
         "POST",
         "/api/net/instance/deploy",

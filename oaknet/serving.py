@@ -170,8 +170,10 @@ class ServerThread:
         self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout)
         if self._thread.is_alive():
             # Closing on the loop's own thread empties its socket map, so it returns at once
-            # instead of after its select timeout.
-            self.server.trigger.pull_trigger(self._close_all)
+            # instead of after its select timeout. A loop that ended just now has closed its
+            # trigger already (EBADF): then there is nothing left to wake.
+            with contextlib.suppress(OSError):
+                self.server.trigger.pull_trigger(self._close_all)
             self._thread.join(timeout)
         self._close_all()
 

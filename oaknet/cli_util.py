@@ -66,8 +66,8 @@ def run_tool(argv: list[str], timeout: float = 10.0) -> str:
     return proc.stdout
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    """HTTP over a unix stream socket (the node agent's API)."""
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix stream socket (the node agent's API); also used by the testbed."""
 
     def __init__(self, path: str, timeout: float):
         super().__init__("localhost", timeout=timeout)
@@ -85,7 +85,7 @@ def unix_get(path: str, url_path: str, timeout: float = 5.0) -> tuple[int, objec
 
     Raises OSError when the socket is missing or refuses, ValueError for a non-JSON answer.
     """
-    conn = _UnixConnection(path, timeout)
+    conn = UnixHTTPConnection(path, timeout)
     try:
         conn.request("GET", url_path, headers={"Accept": "application/json"})
         resp = conn.getresponse()

@@ -31,11 +31,11 @@ class ClusterTable:
                 if not newer:
                     self.revs[svc.name] = revision
             if not newer:
-                self._put_and_book({svc.name: svc}, [], wait)
-        if wait:
-            # The feed may have brought the service first, its flows still queued for the
-            # switch: a re-injected packet must find them.
-            self.agent.settled()
+                self._put_and_book({svc.name: svc}, [], wait)  # waits for the switch
+            elif wait:
+                # The feed brought the service first and its flows may still be queued for
+                # the switch: a re-injected packet must find them.
+                self.agent.settled()
 
     def _apply_answer(self, answer: dict, generation: int) -> None:
         """Apply one watch answer (changes or a resync) and move the revision on."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from testbed.agents import call
 
 from oaknet.client import Client
 from ovs_setup.netns import open_netns, setns
@@ -83,15 +82,7 @@ class NodeApi:
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, dict]:
         """One request; (status, decoded JSON body)."""
-        conn = _UnixConnection(self.path, self.timeout)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            text = resp.read()
-            return resp.status, (json.loads(text) if text else {})
-        finally:
-            conn.close()
+        return call(self.path, method, path, body, timeout=self.timeout)
 
     def request(self, method: str, path: str, body: Any = None) -> dict:
         """One request that must succeed (2xx); its decoded body."""
@@ -108,15 +99,3 @@ class NodeApi:
         """The node's service table by name."""
         answer = self.request("GET", "/api/v1/services")
         return {s["name"]: s for s in answer["services"]}
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        """Connect to the unix socket instead of TCP."""
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import testbed as tb_lib
 import yaml
+from testbed.agents import wait_until
 
 from demo import topology as topo
 from demo.apis import ManagerApi, NetnsThread, NodeApi
@@ -228,15 +229,7 @@ class Hierarchy:
         timeout: float = START_TIMEOUT,
         explain: Callable[[], str] | None = None,
     ):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                why = f"; {explain()}" if explain else ""
-                raise TimeoutError(f"timed out waiting for {what}{why}")
-            time.sleep(0.1)
+        return wait_until(what, check, timeout, explain=explain)
 
     # -- nodes -----------------------------------------------------------------------------
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -17,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from oaknet.cli_util import UnixHTTPConnection
 from testbed.nodes import Container, Worker
 
 LOG = logging.getLogger(__name__)
@@ -33,18 +32,6 @@ def subnets(index: int) -> tuple[str, str]:
     return f"10.18.0.{(index - 1) * 64}/26", f"fc00::{(index - 1) * 256:x}/120"
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        """Connect to the unix socket instead of TCP."""
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
 def call(
     sock_path: str,
     method: str,
@@ -54,7 +41,7 @@ def call(
     timeout: float = 30,
 ) -> tuple[int, dict]:
     """One request to a node API socket; returns (status, parsed JSON body)."""
-    conn = _UnixHTTPConnection(sock_path, timeout)
+    conn = UnixHTTPConnection(sock_path, timeout)
     try:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
@@ -302,15 +289,23 @@ def start_cluster_agents(
     return _start_all(agents, 40)
 
 
-def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.1):
-    """Poll ``check()`` until it returns something truthy; return that or raise TimeoutError."""
+def wait_until(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float,
+    interval: float = 0.1,
+    explain: Callable[[], str] | None = None,
+):
+    """Poll ``check()`` until it returns something truthy; return that or raise TimeoutError
+    (with ``explain()``'s text, e.g. the end of a log, when given)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
+            why = f"; {explain()}" if explain else ""
+            raise TimeoutError(f"timed out waiting for {what}{why}")
         time.sleep(interval)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from testbed.agents import (
     subnets,
     write_table,
 )
+
+from tests.control.test_cli_services import oaknet  # the CLI run as a user runs it
 
 __all__ = [
     "AgentError",
@@ -41,23 +42,6 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def oaknet(
-    *args: str, env: dict | None = None, timeout: float = 30
-) -> subprocess.CompletedProcess:
-    """Run the ``oaknet`` command as a user would (a new process, the repo's Python)."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("OAKNET_")}
-    environ.update(PYTHONPATH=str(REPO), **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "oaknet.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=environ,
-        cwd=REPO,
-        check=False,
-    )
 
 
 _UDP_CLIENT = r"""

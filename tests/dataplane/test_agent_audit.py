@@ -7,21 +7,12 @@ import time
 import pytest
 import testbed as tb_lib
 from agent_support import instance, service, start_agents, write_table
+from testbed.agents import wait_until
 
 pytestmark = pytest.mark.dataplane
 
 WEB = "shop.prod.web.default"
 CLIENT = "shop.prod.client.default"
-
-
-def _wait(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _route(worker, ns_ip: str) -> list[str]:
@@ -54,7 +45,7 @@ def test_a_deleted_route_is_put_back_and_named_in_the_log(testbed):
     # Changes made through the agent (a detach and an attach) are never drift.
     agent.detach(CLIENT, 0)
     agent.attach(client, CLIENT, 0)
-    _wait(lambda: agent.health()["switch"]["last_audit"], 10, "a first audit")
+    wait_until("a first audit", lambda: agent.health()["switch"]["last_audit"], 10)
     time.sleep(2.5)
     assert agent.health()["switch"]["drift_repairs"] == 0, agent.tail()
 
@@ -62,7 +53,7 @@ def test_a_deleted_route_is_put_back_and_named_in_the_log(testbed):
     worker.ofctl("del-flows", "--strict", f"table=5,priority=100,ip,nw_dst={ns_ip}")
 
     # ... the next audit puts it back and names what it repaired.
-    _wait(lambda: agent.health()["switch"]["drift_repairs"] >= 1, 10, "the repair")
+    wait_until("the repair", lambda: agent.health()["switch"]["drift_repairs"] >= 1, 10)
     assert _route(worker, ns_ip), worker.dump_flows("table=5")
     assert tb_lib.http_get(client.netns, "http://10.30.0.1/")["body"] == "web-0"
     log = agent.tail(200)

@@ -1,7 +1,8 @@
 """Node-scale benchmark: one worker's agent programs 10k services, then one-instance updates.
 
 One testbed worker (own ovsdb-server/ovs-vswitchd, userspace datapath) runs the real agent
-(``python -m sdn``) in offline mode on a table file, with two peers (tunnels to 192.0.2.2 and
+(``python -m sdn``) in offline mode on a JSON Lines table file (one service per line, the form
+an operator generating a big table would use), with two peers (tunnels to 192.0.2.2 and
 .3; nothing answers there, which changes nothing for programming) and a few local containers.
 Every service has 3 instances: on the two peers, and for the first few services the third one
 on this node (attached), otherwise on a peer; even services are round-robin, odd ones closest.
@@ -13,14 +14,20 @@ Metrics (times in seconds unless the name says otherwise):
   services; ``update_cost_ratio_10k_vs_100`` is their ratio;
   ``update_apply_ms_*`` and ``update_apply_ratio_10k_vs_100`` the same from the agent's log
   line saying it computed the change (after it re-read the file) until the switch has it;
+- ``update_ms_10k_json``: ``update_ms_10k`` with the same table as one JSON document (the
+  agent restarted on it), which the agent decodes whole on every change;
 - ``program_10k_s``: from the replacement of a 100-service table by the 10k-service one until
   ovs-ofctl counts every flow the agent wants and one group per service IP;
 - ``program_10k_agent_cpu_s`` / ``program_10k_vswitchd_cpu_s``: CPU time of either process
   during that interval (``program_10k_vswitchd_share`` = vswitchd / (agent + vswitchd));
 - ``program_10k_compute_s``: CPU time of the pure pipeline logic for the whole table in this
   process, ``program_10k_encode_s`` of the wire encoding of its result, ``table_parse_10k_s``
-  of the table file's parse (the offline agent re-reads the whole file on every change);
+  of the whole table's parse (the agent's first read);
+- ``table_change_10k_ms`` / ``table_change_10k_json_ms``: CPU time in this process of one
+  re-read of the table file (``sdn.table.TableFile.changed``) after one service changed, JSON
+  Lines / JSON;
 - ``agent_rss_mb_10k``: the agent's resident memory after programming (from /proc);
+  ``agent_rss_mb_10k_json`` the same after the updates of the JSON file;
 - ``cpu_share``: the share of one core a busy loop got just before the program (1.0 on an
   idle machine): wall times scale with it, CPU times do not;
 - ``restart_10k_s``: agent restart on a programmed switch, from process start to reconciled
@@ -35,10 +42,12 @@ import json
 import os
 import secrets
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 
 import testbed as tb_lib
+import yaml
 from testbed.agents import NodeAgent
 
 from bench.scale_tools import (
@@ -131,22 +140,55 @@ def offline_costs(services: list[dict], say: Callable[[str], None]) -> dict[str,
     msgs = [ofwire.group_mod(g) for g in groups] + [ofwire.flow_add(f) for f in flows]
     ofwire.bundle(1, msgs, 1)
     encoded = time.process_time() - started
+    changes = {
+        f"table_change_10k{tag}_ms": table_change_ms(services, suffix) * 1000
+        for tag, suffix in (("", ".jsonl"), ("_json", ".json"))
+    }
     say(
         f"scale: {len(table)} services -> {len(flows)} flows, {len(groups)} groups; parse "
-        f"{parsed:.2f}s, logic {computed:.2f}s, encode {encoded:.2f}s (CPU, in-process)"
+        f"{parsed:.2f}s, logic {computed:.2f}s, encode {encoded:.2f}s; one change re-read "
+        f"{changes['table_change_10k_ms']:.1f} ms (.jsonl), "
+        f"{changes['table_change_10k_json_ms']:.1f} ms (.json) (CPU, in-process)"
     )
     return {
         "program_10k_compute_s": computed,
         "program_10k_encode_s": encoded,
         "table_parse_10k_s": parsed,
+        **changes,
     }
 
 
+def table_change_ms(services: list[dict], suffix: str, repeat: int = 5) -> float:
+    """Median CPU seconds of one ``TableFile.changed()`` after one service changed."""
+    from sdn.table import TableFile
+
+    services = json.loads(json.dumps(services))  # the caller's table stays as it is
+    times = []
+    with tempfile.TemporaryDirectory(prefix="oaknet-scale-") as tmp:
+        path = os.path.join(tmp, "table" + suffix)
+        write_file(path, services)
+        watched = TableFile(path)
+        watched.read()
+        for n in range(repeat):
+            svc = services[2 * n]
+            svc["instances"].append({"number": 90 + n, "instance_ip": _ip(ADDED_BASE + 200 + n)})
+            write_file(path, services)
+            started = time.process_time()
+            if watched.changed() is None:
+                raise RuntimeError(f"{path}: the change was not seen")
+            times.append(time.process_time() - started)
+    return statistics.median(times)
+
+
 def write_file(path: str, services: list[dict]) -> float:
-    """Replace the table file atomically; return the monotonic time of the replacement."""
+    """Replace the table file atomically (JSON Lines for ``.jsonl``, else JSON); return the
+    monotonic time of the replacement."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(services, handle)
+        if path.endswith(".jsonl"):
+            handle.writelines(json.dumps(svc) + "\n" for svc in services)
+        else:
+            json.dump(services, handle)
     stamp = time.monotonic()
     os.replace(tmp, path)
     return stamp
@@ -158,7 +200,7 @@ def write_file(path: str, services: list[dict]) -> float:
 
 def _on_testbed(tb, services: list[dict], local: int, repeat: int, say) -> dict[str, float]:
     worker = tb.add_worker("w1", ME)
-    path = os.path.join(tb.base_dir, "table.json")
+    path = os.path.join(tb.base_dir, "table.jsonl")
     write_file(path, services[:SMALL])
     agent = NodeAgent(
         tb,
@@ -237,6 +279,27 @@ def _measure(agent, worker, switch, path, services, local, repeat, say) -> dict:
     say(
         f"scale: agent RSS {out['agent_rss_mb_10k']:.0f} MB, restart on a programmed switch "
         f"{out['restart_10k_s']:.2f}s"
+    )
+
+    # The same updates on the same table as one JSON document.
+    path = os.path.splitext(path)[0] + ".json"
+    write_file(path, services)
+    agent.stop()
+    agent.config["service_table"] = path
+    with open(agent.config_path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(agent.config, handle)
+    agent.start(wait=False)
+    agent.wait_reconciled(timeout=TIMEOUT_S)
+    with FlowWatch(worker) as watch:
+        json_runs = [
+            _update(agent, switch, watch, path, services, len(services), 2 * SMALL + 2 * k, n)
+            for k, n in enumerate(range(2 * repeat, 3 * repeat))
+        ]
+    out["update_ms_10k_json"] = statistics.median(u[0] for u in json_runs) * 1000
+    out["agent_rss_mb_10k_json"] = rss_mb(agent.proc.pid)
+    say(
+        f"scale: update at {len(services)} services, JSON file: {_ms(json_runs)}; agent RSS "
+        f"{out['agent_rss_mb_10k_json']:.0f} MB"
     )
     agent.stop()
     return out

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
 import re
-import secrets
 from dataclasses import dataclass
 
 from pyroute2.ethtool.ioctl import IoctlEthtool
 
 from ovs_setup import ovsdb
 from ovs_setup.bridge import IFNAMSIZ, remove_port
-from ovs_setup.netns import NetnsError, in_netns, iproute, netns_path, open_netns, write_sysctl
+from ovs_setup.netns import (
+    NetnsError,
+    call_in_netns_fd,
+    in_netns,
+    netns_path,
+    open_netns,
+    write_sysctl,
+)
+from ovs_setup.rtnl import LOOPBACK_INDEX, Rtnl, RtnlError
 
 LOG = logging.getLogger(__name__)
 
@@ -21,8 +29,6 @@ LOG = logging.getLogger(__name__)
 _TUNNEL_OVERHEAD = {"vxlan": 8 + 8 + 14, "geneve": 8 + 8 + 14, "gre": 4 + 4 + 14}
 _IP_HEADER = {False: 20, True: 40}
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-RTNH_F_ONLINK = 0x4
-IFA_F_NODAD = 0x2
 
 
 class AttachError(RuntimeError):
@@ -78,32 +84,34 @@ def attach_container(
         fd = open_netns(netns)
     except NetnsError as exc:
         raise AttachError(str(exc)) from exc
+    host = None
     try:
         api = ovsdb.get_api(db_url)
-        _check_port_free(api, db_url, bridge, port_name, node_netns)
+        host = Rtnl.open(node_netns)
+        _check_port_free(api, host, db_url, bridge, port_name)
     except BaseException:
         os.close(fd)
+        if host is not None:
+            host.close()
         raise
 
     made_veth = made_port = False
     try:
-        with iproute(node_netns) as ipr:
-            peer = "oak" + secrets.token_hex(5)  # temporary name; renamed in the container
-            ipr.link("add", ifname=port_name, kind="veth", peer={"ifname": peer})
-            made_veth = True
-            host_idx = ipr.link_lookup(ifname=port_name)[0]
-            peer_idx = ipr.link_lookup(ifname=peer)[0]
-            ipr.link("set", index=host_idx, mtu=mtu)
-            ipr.link("set", index=peer_idx, mtu=mtu)
-            if mac:
-                ipr.link("set", index=peer_idx, address=mac)
-            # The userspace datapath forwards frames as they are: a partial checksum left to
-            # offload would reach the other side unfinished and TCP would drop it.
-            in_netns(node_netns, lambda: disable_tx_checksum(port_name, peer))
-            ipr.link("set", index=host_idx, state="up")
-            ipr.link("set", index=peer_idx, net_ns_fd=fd)
-
-        container_mac = _configure_container(netns, peer, ifname, v4, v6, gw4, gw6)
+        # The peer is made in the container under its final name: no move, no rename.
+        try:
+            host.add_veth(port_name, ifname, mtu, peer_mac=mac, peer_netns_fd=fd, up=True)
+        except RtnlError as exc:
+            if exc.errno == errno.EEXIST and _has_link(fd, ifname):
+                raise AttachError(f"ifname: {ifname} exists in netns {netns!r}") from exc
+            raise
+        made_veth = True
+        container_mac = call_in_netns_fd(
+            fd, lambda: _configure_container(netns, ifname, v4, v6, gw4, gw6)
+        )
+        # The userspace datapath forwards frames as they are: a partial checksum left to
+        # offload would reach the other side unfinished and TCP would drop it.
+        # Nothing crosses the host end before its OVS port exists, so it can be up already.
+        in_netns(node_netns, lambda: disable_tx_checksum(port_name))
 
         columns: dict = {"external_ids": {str(k): str(v) for k, v in (external_ids or {}).items()}}
         if ofport is not None:
@@ -115,12 +123,13 @@ def attach_container(
             # OVS silently numbers the port otherwise when the requested ofport is taken.
             raise AttachError(f"ofport: {ofport} is taken (OVS gave {port_name} {number})")
     except Exception as exc:
-        _rollback(db_url, bridge, port_name, node_netns, made_veth, made_port)
+        _rollback(db_url, bridge, port_name, host, made_veth, made_port)
         if isinstance(exc, AttachError):
             raise
         raise AttachError(f"attaching {netns!r} as {port_name} failed: {exc}") from exc
     finally:
         os.close(fd)
+        host.close()
 
     LOG.info(
         "attached %s as %s (ofport %d, %s %s)",
@@ -145,7 +154,8 @@ def detach_container(
     """Remove the container's OVS port and its veth pair; do nothing for what is gone."""
     had_port = ovsdb.find_interface(ovsdb.get_api(db_url), port_name) is not None
     remove_port(db_url, bridge, port_name)
-    had_veth = _delete_link(node_netns, port_name)
+    with Rtnl.open(node_netns) as host:
+        had_veth = host.delete_link(port_name)
     if had_port or had_veth:
         LOG.info("detached %s from %s", port_name, bridge)
 
@@ -202,61 +212,54 @@ def _parse(value, version, field, parser):
     return parsed
 
 
-def _check_port_free(api, db_url: str, bridge: str, port_name: str, node_netns) -> None:
+def _check_port_free(api, host: Rtnl, db_url: str, bridge: str, port_name: str) -> None:
     """Refuse a name in use; drop a stale OVS port whose veth is gone (left by a restart)."""
-    with iproute(node_netns) as ipr:
-        has_link = bool(ipr.link_lookup(ifname=port_name))
-    if has_link:
+    if host.link_index(port_name) is not None:
         raise AttachError(f"port_name: a device {port_name} exists already")
     if ovsdb.find_interface(api, port_name) is not None:
         LOG.info("removing stale port %s (its veth is gone)", port_name)
         remove_port(db_url, bridge, port_name)
 
 
-def _configure_container(netns, peer: str, ifname: str, v4, v6, gw4, gw6) -> str:
-    """Rename, address, route and bring up the moved peer; return its MAC."""
-    with iproute(netns) as cip:
-        found = cip.link_lookup(ifname=peer)
-        if not found:
-            raise AttachError(f"netns {netns!r}: the veth peer did not arrive")
-        idx = found[0]
-        if cip.link_lookup(ifname=ifname):
-            raise AttachError(f"ifname: {ifname} exists in netns {netns!r}")
-        cip.link("set", index=idx, ifname=ifname)
+def _has_link(fd: int, name: str) -> bool:
+    """Whether the namespace open as ``fd`` has a device ``name``."""
+
+    def _lookup() -> bool:
+        with Rtnl.open() as rtnl:
+            return rtnl.link_index(name) is not None
+
+    return call_in_netns_fd(fd, _lookup)
+
+
+def _configure_container(netns, ifname: str, v4, v6, gw4, gw6) -> str:
+    """Address, route and bring up the container's end; return its MAC.
+
+    Runs on a thread inside the container's namespace: the netlink socket, the ethtool
+    request and the sysctl file all belong to that namespace.
+    """
+    with Rtnl.open() as cip:
+        link = cip.link(ifname)
+        if link is None:
+            raise AttachError(f"netns {netns!r}: the veth peer {ifname} did not arrive")
         if v6 is not None:
             # No DAD: the address is ours by allocation, and an NS from :: would be answered
             # by the pipeline's ND responder towards ::.
-            write_sysctl(netns, f"net/ipv6/conf/{ifname}/accept_dad", "0")
-        for lo in cip.link_lookup(ifname="lo"):
-            cip.link("set", index=lo, state="up")
+            write_sysctl(None, f"net/ipv6/conf/{ifname}/accept_dad", "0")
+        disable_tx_checksum(ifname)
+        cip.set_link(LOOPBACK_INDEX, up=True)
         if v4 is not None:
-            cip.addr("add", index=idx, address=str(v4.ip), prefixlen=v4.network.prefixlen)
+            cip.add_address(link.index, v4)
         if v6 is not None:
-            cip.addr(
-                "add",
-                index=idx,
-                address=str(v6.ip),
-                prefixlen=v6.network.prefixlen,
-                flags=IFA_F_NODAD,
-            )
-        cip.link("set", index=idx, state="up")
+            cip.add_address(link.index, v6, nodad=True)
+        cip.set_link(link.index, up=True)
         if gw4 is not None:
-            cip.route("add", dst="0.0.0.0/0", gateway=str(gw4), oif=idx, flags=RTNH_F_ONLINK)
+            cip.add_default_route(link.index, gw4, onlink=True)
         if gw6 is not None:
-            cip.route("add", dst="::/0", family=10, gateway=str(gw6), oif=idx, flags=RTNH_F_ONLINK)
-        return cip.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+            cip.add_default_route(link.index, gw6, onlink=True)
+        return str(link.mac)
 
 
-def _delete_link(node_netns, name: str) -> bool:
-    with iproute(node_netns) as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            return False
-        ipr.link("del", index=found[0])  # takes the peer with it, wherever it is
-        return True
-
-
-def _rollback(db_url, bridge, port_name, node_netns, made_veth: bool, made_port: bool) -> None:
+def _rollback(db_url, bridge, port_name, host: Rtnl, made_veth: bool, made_port: bool) -> None:
     """Undo a failed attach; report (not raise) what could not be undone."""
     if made_port:
         try:
@@ -265,7 +268,7 @@ def _rollback(db_url, bridge, port_name, node_netns, made_veth: bool, made_port:
             LOG.exception("rollback: removing port %s failed", port_name)
     if made_veth:
         try:
-            _delete_link(node_netns, port_name)
+            host.delete_link(port_name)  # takes the peer with it, wherever it is
         except Exception:
             LOG.exception("rollback: deleting veth %s failed", port_name)
     LOG.info("attach of %s failed and was rolled back", port_name)

@@ -7,14 +7,16 @@ import fcntl
 import logging
 import os
 import socket
-import traceback
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NETNS_RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -69,43 +71,45 @@ def setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def in_netns(netns: str | int | None, func: Callable[[], None]) -> None:
-    """Run ``func`` here when ``netns`` is None, else in a child inside ``netns``."""
+def in_netns(netns: str | int | None, func: Callable[[], T]) -> T:
+    """Run ``func`` here when ``netns`` is None, else in a thread inside ``netns``."""
     if netns is None:
-        func()
-    else:
-        run_in_netns(netns, func)
+        return func()
+    return call_in_netns(netns, func)
 
 
-def run_in_netns(netns: str | int, func: Callable[[], None]) -> None:
-    """Run ``func`` in a forked child that entered ``netns``; raise if it fails."""
+def call_in_netns(netns: str | int, func: Callable[[], T]) -> T:
+    """Run ``func`` in a short-lived thread that entered ``netns``; return or raise its outcome.
+
+    The calling thread never changes namespace. What the thread creates keeps the namespace
+    it was made in after the thread ends: sockets (netlink too) and files opened under
+    /proc/sys/net, which the kernel resolves by the opening thread's namespace.
+    """
     fd = open_netns(netns)
-    read_end, write_end = os.pipe()
     try:
-        pid = os.fork()
-        if pid == 0:  # child: never return into the caller's stack
-            status = 0
-            try:
-                os.close(read_end)
-                setns(fd)
-                func()
-            except BaseException:  # noqa: BLE001 - everything must reach the parent
-                os.write(write_end, traceback.format_exc(limit=3).encode()[-2000:])
-                status = 1
-            os._exit(status)
-        os.close(write_end)
-        write_end = -1
-        with os.fdopen(read_end, "rb") as pipe:
-            read_end = -1
-            message = pipe.read().decode(errors="replace")
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise OSError(f"in netns {netns!r}: {message.strip() or 'child failed'}")
+        return call_in_netns_fd(fd, func)
     finally:
         os.close(fd)
-        for end in (read_end, write_end):
-            if end >= 0:
-                os.close(end)
+
+
+def call_in_netns_fd(fd: int, func: Callable[[], T]) -> T:
+    """``call_in_netns`` for a namespace already open as ``fd`` (left open)."""
+    outcome: dict[str, object] = {}
+
+    def _run() -> None:
+        try:
+            setns(fd)
+            outcome["value"] = func()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            outcome["error"] = exc
+
+    # The namespace change ends with the thread; the caller's thread stays where it is.
+    thread = threading.Thread(target=_run, name="netns-call", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
 
 
 def write_sysctl(netns: str | int | None, key: str, value: str) -> None:
@@ -138,9 +142,7 @@ def netns_socket(netns: str | int | None, family: int, kind: int) -> socket.sock
     """Return a socket created inside ``netns`` (None: the current namespace)."""
     if netns is None:
         return socket.socket(family, kind)
-    open_and_close = open_netns(netns)
-    os.close(open_and_close)
-    return pr_netns.create_socket(netns_path(netns), family, kind, flags=0)
+    return call_in_netns(netns, lambda: socket.socket(family, kind))
 
 
 def create_named(name: str) -> None:

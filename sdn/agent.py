@@ -11,6 +11,7 @@ import dataclasses
 import gc
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
@@ -203,6 +204,7 @@ class Agent(TableOps):
     ) -> Container:
         """Attach a container of (service, instance); all or nothing; LocalError on bad input."""
         mappings = parse_port_mappings(port_mappings)
+        start = time.monotonic()
         if self.cluster is not None:
             self.cluster.learn_service(service, instance)
         with self._ops:
@@ -223,12 +225,14 @@ class Agent(TableOps):
             record = Container(
                 service, instance, port_name, str(netns), 0, mac, ip4, ip6, mappings
             )
+            plumbing = time.monotonic()
             try:
                 ofport = self.ops.attach(netns, record)
             except BaseException:
                 with self._lock:
                     self.pool.release(idx)
                 raise
+            plumbing = time.monotonic() - plumbing
             record = dataclasses.replace(record, ofport=ofport)
             with self._lock:
                 self.containers[record.key] = record
@@ -239,10 +243,24 @@ class Agent(TableOps):
             if mappings:
                 self._sync_phy()
         LOG.info(
-            "attached %s instance %d as %s (%s, %s)", service, instance, port_name, ip4, ip6 or "-"
+            "attached %s instance %d as %s (%s, %s) in %.0f ms (veth and OVS port %.0f ms)",
+            service,
+            instance,
+            port_name,
+            ip4,
+            ip6 or "-",
+            (time.monotonic() - start) * 1000,
+            plumbing * 1000,
         )
         if self.cluster is not None:
+            reporting = time.monotonic()
             self.cluster.report_deployed(record)
+            LOG.debug(
+                "deploy of %s instance %d reported in %.0f ms",
+                service,
+                instance,
+                (time.monotonic() - reporting) * 1000,
+            )
         return record
 
     def detach(self, service: str, instance: int) -> Container | None:

@@ -113,6 +113,7 @@ def test_integration_bridge_is_configured_once_and_keeps_flows(two_workers):
 def test_attach_configures_container_and_detach_removes_it(testbed):
     (w1,) = testbed.add_workers(1)
     c1 = testbed.add_container(w1, "c1")
+    own_netns = os.stat("/proc/thread-self/ns/net").st_ino
     port = container.attach_container(
         w1.db_url,
         "br-int",
@@ -128,6 +129,7 @@ def test_attach_configures_container_and_detach_removes_it(testbed):
         node_netns=w1.netns,
     )
 
+    assert os.stat("/proc/thread-self/ns/net").st_ino == own_netns  # the caller never moved
     assert port.port_name == "vc1" and port.ofport == 21
     assert port.namespace_ip == "10.16.0.2" and port.namespace_ip_v6 == "fd00:16::2"
     inside = links(c1.netns)

@@ -24,6 +24,7 @@ LOG = logging.getLogger(__name__)
 
 _ROLES_ATTR = "_oaknet_roles"
 _PUBLIC_ATTR = "_oaknet_public"
+FAST_ERROR = "oaknet.fast_error"  # WSGI environ key: the fast lane's exception, for Flask
 
 
 class ApiError(Exception):
@@ -168,10 +169,16 @@ def install(
     app.extensions["oaknet_metrics"] = metrics
 
     principals = PrincipalCache(authenticator)
+    app.extensions["oaknet_principals"] = principals
 
     @app.before_request
     def _authenticate() -> None:
         g.oaknet_started = time.monotonic()
+        # A request the fast lane (oaknet.serving.FastLane) began and failed: its error is
+        # answered here, by the same handlers as the view's would be, and nothing runs twice.
+        failed = request.environ.pop(FAST_ERROR, None)
+        if failed is not None:
+            raise failed
         if request.endpoint is None:
             return  # routing failed: the 404/405 handler answers
         view = current_app.view_functions[request.endpoint]

@@ -7,13 +7,15 @@ import logging
 from flask import Flask
 
 from oaknet import web
+from oaknet.fastlane import FAST_ROUTES
 from oaknet.feed import Feed
 from oaknet.pools import Pools
 from oaknet.store import Store, open_store
+from oaknet.store.sqlite import SQLiteStore
 from root_manager.clusters import Clusters
 from root_manager.config import RootConfig
 from root_manager.notify import Notifier
-from root_manager.routes import RootState, net, ops, pubnet
+from root_manager.routes import RootState, fast_routes, net, ops, pubnet
 from root_manager.services import Services
 
 LOG = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ def create_app(config: RootConfig, store: Store | None = None) -> Flask:
 
     app, metrics = web.manager_app("root_manager", config.auth, config.server.max_body)
     app.extensions["oaknet_root"] = state
+    app.extensions[FAST_ROUTES] = fast_routes(local_store=isinstance(store, SQLiteStore))
     app.register_blueprint(net)
     app.register_blueprint(pubnet)
     app.register_blueprint(ops)

@@ -31,6 +31,9 @@ class Clusters:
     def __init__(self, store: Store, pools: Pools):
         self.store = store
         self.pools = pools
+        # Interest keys this process saw stored: a hint only (another process sharing the
+        # store may have removed one); the store stays the authority for every answer.
+        self._seen: set[str] = set()
 
     def register(self, cluster_id: Any, address: Any, port: Any) -> dict:
         """Create or update a cluster (status ACTIVE); its interests are kept."""
@@ -87,6 +90,7 @@ class Clusters:
         # Clusters are never removed, so a stored interest proves the cluster registered: the
         # repeated query, the common one, costs one read.
         if self.store.get(INTEREST, key) is not None:
+            self._seen.add(key)
             return False
         if self.store.get(CLUSTER, cluster_id) is None:
             raise not_found(f"cluster {cluster_id} is not registered", "cluster_id")
@@ -94,8 +98,13 @@ class Clusters:
             doc = {"cluster_id": cluster_id, "job_name": job_name}
             if not tx.create(INTEREST, key, doc, [f"cluster={cluster_id}", f"job={job_name}"]):
                 return False
+        self._seen.add(key)
         LOG.debug("cluster %s is interested in %s", cluster_id, job_name)
         return True
+
+    def seen_interest(self, cluster_id: str, job_name: str) -> bool:
+        """True when this process saw the interest stored (a query then only reads)."""
+        return _interest_key(cluster_id, job_name) in self._seen
 
     def remove_interest(self, cluster_id: str, job_name: str) -> bool:
         """Drop the cluster's interest in a job; True when it had one."""
@@ -103,6 +112,7 @@ class Clusters:
             raise not_found(f"cluster {cluster_id} is not registered", "cluster_id")
         with self.store.transaction() as tx:
             removed = tx.delete(INTEREST, _interest_key(cluster_id, job_name))
+        self._seen.discard(_interest_key(cluster_id, job_name))
         if removed:
             LOG.debug("cluster %s lost interest in %s", cluster_id, job_name)
         return removed

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from oaknet import oakestra, web
-from oaknet.auth import CLUSTER, ORCHESTRATOR, READER
+from oaknet.auth import CLUSTER, ORCHESTRATOR, READER, Principal
+from oaknet.fastlane import Answer, FastRoute, query_args
 from oaknet.feed import Feed
 from oaknet.model import ModelError, parse_job_name
 from oaknet.ops import feed_health, ops_blueprint
@@ -50,7 +52,10 @@ def _state() -> RootState:
 
 def _calling_cluster() -> str | None:
     """The caller's cluster id when it acts as a cluster (not as orchestrator or admin)."""
-    who = web.principal()
+    return _cluster_of(web.principal())
+
+
+def _cluster_of(who: Principal) -> str | None:
     if CLUSTER in who.roles and not who.has(ORCHESTRATOR):
         return who.subject
     return None
@@ -157,12 +162,16 @@ def net_deploy_status():
 @requires(CLUSTER, ORCHESTRATOR)
 def table_query_by_name(service_name: str):
     """A service by job name (with '_' for '.'); registers the calling cluster's interest."""
+    return _table_response(_query_by_name(web.principal(), service_name))
+
+
+def _query_by_name(who: Principal, service_name: str) -> tuple[bytes, int]:
     name = oakestra.decode_path_name(service_name)
     try:
         parse_job_name(name)
     except ModelError as exc:
         raise bad_request(exc.message, "service_name") from None
-    return _table_query(lambda: _state().services.by_name(name), "name", name)
+    return _table_query(who, lambda: _state().services.by_name(name), "name", name)
 
 
 @net.get("/service/ip/<service_ip>/instances")
@@ -170,7 +179,10 @@ def table_query_by_name(service_name: str):
 def table_query_by_ip(service_ip: str):
     """A service by service IP or instance IP (v4 with '_' for '.'); registers interest."""
     address = _path_ip(service_ip, "service_ip")
-    return _table_query(lambda: _state().services.by_ip(address), "ip", address)
+    services = _state().services
+    return _table_response(
+        _table_query(web.principal(), lambda: services.by_ip(address), "ip", address)
+    )
 
 
 @net.get("/services")
@@ -202,9 +214,13 @@ def release_subnet(address: str):
 @requires(CLUSTER, ORCHESTRATOR)
 def watch():
     """Long-poll the change feed: ?since=REV&timeout=S; a cluster sees only its interests."""
+    return _watch(web.principal(), request.args)
+
+
+def _watch(who: Principal, args: Mapping[str, str]) -> Response:
     state = _state()
-    since, timeout = watch_params(request.args, 30.0, state.max_timeout)
-    cluster = _calling_cluster()
+    since, timeout = watch_params(args, 30.0, state.max_timeout)
+    cluster = _cluster_of(who)
 
     def select(batch: list[Change]) -> list[Change]:
         batch = [c for c in batch if c.kind == SERVICE]
@@ -287,7 +303,8 @@ ops = ops_blueprint("ops", "oaknet root manager", _health)
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _table_query(lookup, kind: str, key: str) -> Response:
+def _table_query(who: Principal, lookup, kind: str, key: str) -> tuple[bytes, int]:
+    """(JSON body, revision) of a table query; registers a calling cluster's interest."""
     state = _state()
     # The revision is read first: a watcher starting from it may see a change twice, never miss.
     revision = state.feed.store.head()
@@ -299,15 +316,55 @@ def _table_query(lookup, kind: str, key: str) -> Response:
         answer = (record.service.job_id, record.service.name, _job(record).get_data())
         state.answers.put(f"{kind}={key}", revision, answer)
     job_id, name, body = answer
-    cluster = _calling_cluster()
+    cluster = _cluster_of(who)
     if cluster is not None and state.clusters.add_interest(cluster, name):
         # Read again after the interest is stored, so no change can fall in between.
         record = state.services.get(job_id)
         if record is not None:
             body = _job(record).get_data()
+    return body, revision
+
+
+def _table_response(answer: tuple[bytes, int]) -> Response:
+    body, revision = answer
     resp = Response(body, mimetype=current_app.json.mimetype)
     resp.headers["X-Oaknet-Revision"] = str(revision)
     return resp
+
+
+def _fast_query(who: Principal | None, segment: str, environ: dict) -> Answer:
+    body, revision = _query_by_name(who, segment)
+    return body, [("X-Oaknet-Revision", str(revision))]
+
+
+def _query_only_reads(who: Principal | None, segment: str) -> bool:
+    cluster = _cluster_of(who) if who is not None else None
+    if cluster is None:
+        return True
+    return _state().clusters.seen_interest(cluster, oakestra.decode_path_name(segment))
+
+
+def _fast_watch(who: Principal | None, _segment: str, environ: dict) -> Answer:
+    return _watch(who, query_args(environ)).get_data(), []
+
+
+def fast_routes(local_store: bool) -> list[FastRoute]:
+    """The two routes every cluster calls all the time, for the server's fast lane.
+
+    A table query that only reads a local store never waits: the server loop answers it
+    itself. A cluster's first query of a service (an interest write) and every query on a
+    remote store (network round trips) go to a worker thread, as the watch always does.
+    """
+    return [
+        FastRoute(
+            "net.table_query_by_name",
+            "/api/net/service/",
+            "/instances",
+            _fast_query,
+            inline=_query_only_reads if local_store else None,
+        ),
+        FastRoute("net.watch", "/api/net/watch", "", _fast_watch, segment=False),
+    ]
 
 
 def _report(item: object, i: int) -> dict:

@@ -297,6 +297,8 @@ def fanout(
     samples: list[float] = []  # from the orchestrator's request
     committed: list[float] = []  # from the change's commit (its ``at`` stamp)
     try:
+        wait_for(lambda: _watchers(root) >= watchers, 30)
+        cpu0 = root.cpu_seconds()
         for k in range(1, changes + 1):
             wait_for(lambda: _watchers(root) >= watchers, 30)
             began = time.monotonic()
@@ -307,6 +309,9 @@ def fanout(
                 _who, at, after_commit = seen.get(timeout=10)
                 samples.append(at - began)
                 committed.append(after_commit)
+        wait_for(lambda: _watchers(root) >= watchers, 30)
+        # Per answer: the change itself, the answer and the watcher's next request.
+        cpu_per_answer = (root.cpu_seconds() - cpu0) / (watchers * changes)
     finally:
         stop.set()
         _end(procs)
@@ -320,11 +325,13 @@ def fanout(
         "fanout_100_after_commit_p50_ms": 1000 * _pct(committed, 50),
         "fanout_100_after_commit_p99_ms": 1000 * _pct(committed, 99),
         "fanout_watchers": float(watchers),
+        "fanout_server_cpu_per_answer_us": 1e6 * cpu_per_answer,
     }
     say(
         f"managers: fan-out to {watchers} watchers over {changes} changes: from the request "
         f"p50 {out['fanout_100_p50_ms']:.1f} ms, p99 {out['fanout_100_p99_ms']:.1f} ms; "
-        f"from the commit p99 {out['fanout_100_after_commit_p99_ms']:.1f} ms"
+        f"from the commit p99 {out['fanout_100_after_commit_p99_ms']:.1f} ms; "
+        f"{out['fanout_server_cpu_per_answer_us']:.0f} us server CPU per answer"
     )
     return out
 

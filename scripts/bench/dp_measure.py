@@ -127,7 +127,8 @@ def tcp_rr(bed: Bed, reps: int, count: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {name: [] for name, _ in bed.paths.items()}
     for turn in range(reps):
         for name, address in rotated(bed.paths.items(), turn):
-            out[name] += bed.tool(bed.client, "tcp-rr", address, setup.TCP_PORT, count)["ms"]
+            port = setup.PATH_TCP_PORTS[name]
+            out[name] += bed.tool(bed.client, "tcp-rr", address, port, count)["ms"]
     return out
 
 
@@ -136,7 +137,8 @@ def cps(bed: Bed, reps: int, seconds: float, parallel: int) -> dict[str, list[fl
     out: dict[str, list[float]] = {name: [] for name, _ in bed.paths.items()}
     for turn in range(reps):
         for name, address in rotated(bed.paths.items(), turn):
-            result = bed.tool(bed.client, "cps", address, setup.TCP_PORT, seconds, parallel)
+            port = setup.PATH_TCP_PORTS[name]
+            result = bed.tool(bed.client, "cps", address, port, seconds, parallel)
             out[name].append(result["per_s"])
     return out
 

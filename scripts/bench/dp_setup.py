@@ -27,6 +27,13 @@ UDP_PORT = 9000  # dp_tools' echo
 # One iperf3 server per path: a test stuck on one path (iperf3 serves one test at a time)
 # cannot hold up the others.
 IPERF_PORTS = {"service": 5201, "direct": 5202, "kernel_nat": 5203, "instance_ip": 5204}
+# One request/answer server per path for the connection measurements. The service, instance-IP
+# and kernel-NAT paths reach the target with the same source address as another path (the
+# client's instance IP, or its namespace IP), so with one port they would share the target's
+# TIME_WAIT connections: the client reuses a source port within a minute at thousands of
+# connections per second, and the target's kernel then refuses a SYN whose timestamps and
+# sequence numbers come from another path's translation (PAWS) until it is sent again 1 s later.
+PATH_TCP_PORTS = {"service": 8001, "direct": 8002, "kernel_nat": 8003, "instance_ip": 8004}
 # The address the client's own kernel translates (kube-proxy style) to the instance's
 # namespace IP; outside every semantic range, so oaknet never sees it.
 KERNEL_VIP = "10.99.0.1"
@@ -124,6 +131,8 @@ def build(tb: tb_lib.Testbed, h: Hierarchy, say: Callable[[str], None], first_co
     target = placed[TARGET.key][0]
     for port in IPERF_PORTS.values():
         tb.start_iperf3(target.container, port)
+    for k, port in enumerate(PATH_TCP_PORTS.values(), 1):
+        start_servers(tb, target.container, port, UDP_PORT + k)
     client = placed[CLIENT.key][0].container
     paths = Paths(
         service=orch.service_ip(TARGET, "RR"),
@@ -144,11 +153,13 @@ def build(tb: tb_lib.Testbed, h: Hierarchy, say: Callable[[str], None], first_co
     return bed
 
 
-def start_servers(tb: tb_lib.Testbed, where: tb_lib.Container) -> None:
+def start_servers(
+    tb: tb_lib.Testbed, where: tb_lib.Container, tcp_port: int = TCP_PORT, udp_port: int = UDP_PORT
+) -> None:
     """dp_tools' TCP answer and UDP echo servers in a container."""
     tb.run_in(
         where,
-        [sys.executable, TOOLS, "serve", str(TCP_PORT), str(UDP_PORT)],
+        [sys.executable, TOOLS, "serve", str(tcp_port), str(udp_port)],
         background=True,
         ready_line="ready",
     )
@@ -250,6 +261,6 @@ def check_paths(bed: Bed) -> None:
     """One UDP round trip and one TCP request on every path; raise if one does not work."""
     for name, address in bed.paths.items():
         udp = bed.tool(bed.client, "udp-rtt", address, UDP_PORT, 3, 0.01)
-        tcp = bed.tool(bed.client, "tcp-rr", address, TCP_PORT, 3)
+        tcp = bed.tool(bed.client, "tcp-rr", address, PATH_TCP_PORTS[name], 3)
         if not udp["ms"] or not tcp["ms"]:
             raise RuntimeError(f"path {name} ({address}) does not work: udp {udp}, tcp {tcp}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 import logging
 import math
 import socket
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
     from sdn.logic import LocalPort, NodeContext, Peer
 
 LOG = logging.getLogger(__name__)
+
+# Buckets per group: a group must fit one OpenFlow message (64 KB; a bucket of an IPv6 DNAT
+# takes about 90 bytes). Bucket ids are 32 bits, below OFPG_BUCKET_MAX.
+MAX_GROUP_BUCKETS = 512
+MAX_BUCKET_ID = 0xFFFFFF00
 
 REJECT_OWNER = punt_owner("reject")
 
@@ -216,24 +222,43 @@ def _group(policy: str, group_id: int, targets: list[Target], owner: str) -> Gro
     if not targets:
         return None
     if policy == ROUND_ROBIN:
-        buckets = tuple(
-            Bucket((_dnat(t.addr, _MARK_SNAT, pl.SNAT.id),), weight=1, bucket_id=t.instance.number)
-            for t in sorted(targets, key=lambda t: t.instance.number)
-        )
-        return GroupSpec(group_id, "select", buckets, owner, selection_method="dp_hash")
-    if policy == CLOSEST:
+        ordered = sorted(targets, key=lambda t: t.instance.number)
+    elif policy == CLOSEST:
         # A local instance (cost 0) first, then remote ones by measured RTT; unmeasured last.
         ordered = sorted(targets, key=lambda t: (t.cost, t.instance.node_ip, t.instance.number))
-        buckets = tuple(
-            Bucket(
-                (_dnat(t.addr, _MARK_SNAT, pl.SNAT.id),),
-                watch_port=t.port,
-                bucket_id=t.instance.number,
-            )
-            for t in ordered
+    else:
+        raise ValueError(f"policy: {policy!r} has no group type")
+    if len(ordered) > MAX_GROUP_BUCKETS:
+        # Limitation: one group is one OpenFlow message (64 KB, about 900 buckets); the
+        # instances after the first MAX_GROUP_BUCKETS (in bucket order) get no traffic.
+        LOG.warning(
+            "%s: %d instances, only the first %d get a bucket of its %s group",
+            owner,
+            len(ordered),
+            MAX_GROUP_BUCKETS,
+            policy,
         )
-        return GroupSpec(group_id, "fast_failover", buckets, owner)
-    raise ValueError(f"policy: {policy!r} has no group type")
+        ordered = ordered[:MAX_GROUP_BUCKETS]
+    ids = _bucket_ids([t.instance.number for t in ordered])
+    if policy == ROUND_ROBIN:
+        buckets = tuple(
+            Bucket((_dnat(t.addr, _MARK_SNAT, pl.SNAT.id),), weight=1, bucket_id=b)
+            for t, b in zip(ordered, ids)
+        )
+        return GroupSpec(group_id, "select", buckets, owner, selection_method="dp_hash")
+    buckets = tuple(
+        Bucket((_dnat(t.addr, _MARK_SNAT, pl.SNAT.id),), watch_port=t.port, bucket_id=b)
+        for t, b in zip(ordered, ids)
+    )
+    return GroupSpec(group_id, "fast_failover", buckets, owner)
+
+
+def _bucket_ids(numbers: list[int]) -> list[int]:
+    """Bucket ids: the instance numbers, except those OpenFlow's 32-bit ids cannot hold,
+    which get the lowest ids no instance number of the group uses."""
+    taken = {n for n in numbers if n < MAX_BUCKET_ID}
+    spare = (i for i in itertools.count() if i not in taken)
+    return [n if n < MAX_BUCKET_ID else next(spare) for n in numbers]
 
 
 def _instance_ip_flows(

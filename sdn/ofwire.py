@@ -34,6 +34,8 @@ _FLOW_MOD = struct.Struct("!BBHIQQBBHHHIIIHH")
 _GROUP_MOD = struct.Struct("!BBHIHBxIH2xI")
 _BUCKET = struct.Struct("!HHI")
 _BUNDLE_ADD = struct.Struct("!BBHII2xH")
+# OpenFlow lengths are 16 bits, and a bundled message travels inside a bundle-add message.
+MAX_BUNDLED_MESSAGE = 0xFFFF - _BUNDLE_ADD.size
 _BUNDLE_CTRL = struct.Struct("!BBHIIHH")
 _OUTPUT = struct.Struct("!HHIH6x")
 _GROUP = struct.Struct("!HHI")
@@ -109,6 +111,11 @@ def group_mod(group: spec.GroupSpec, command: int = ofp.OFPGC_ADD, xid: int = 0)
     gtype, buckets, props = group_parts(group)
     body = b"".join(buckets)
     length = _GROUP_MOD.size + len(body) + len(props)
+    if length > MAX_BUNDLED_MESSAGE:
+        raise SpecError(
+            f"group {group.group_id:#x}: {len(buckets)} buckets make {length} bytes, more than "
+            f"one OpenFlow message holds in a bundle ({MAX_BUNDLED_MESSAGE})"
+        )
     head = _GROUP_MOD.pack(
         VERSION,
         ofp.OFPT_GROUP_MOD,
@@ -161,6 +168,8 @@ def group_parts(group: spec.GroupSpec) -> tuple[int, list[bytes], bytes]:
         if bucket.watch_port is not None:
             extra += _WATCH.pack(ofp.OFPGBPT_WATCH_PORT, 8, bucket.watch_port)
         bucket_id = index if bucket.bucket_id is None else bucket.bucket_id
+        if not 0 <= bucket_id < ofp.OFPG_BUCKET_MAX:
+            raise SpecError(f"group {group.group_id:#x}: bucket id {bucket_id} out of range")
         head = _BUCKET.pack(_BUCKET.size + len(actions) + len(extra), len(actions), bucket_id)
         buckets.append(head + actions + extra)
     return gtype, buckets, props

@@ -13,6 +13,7 @@ import ipaddress
 import itertools
 import logging
 import queue
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -401,7 +402,7 @@ class Switch:
                     if not sent:
                         break
                     opened = True
-        except ValueError as exc:  # SpecError: a record that has no OpenFlow encoding
+        except (ValueError, struct.error) as exc:  # a record with no OpenFlow encoding
             with self._send_lock:
                 discard = ofwire.bundle_ctrl(bundle_id, ofp.OFPBCT_DISCARD_REQUEST, xids[-1])
                 if opened and self.dp is dp:

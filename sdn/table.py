@@ -244,9 +244,19 @@ def _read_bytes(path: str) -> bytes:
     """The raw content of a table file."""
     try:
         with open(path, "rb") as handle:
-            return handle.read()
+            data = handle.read()
     except OSError as exc:
-        raise TableError(f"{path}: {exc.strerror}") from None
+        raise TableError(exc.strerror) from None
+    _check_not_empty(data)
+    return data
+
+
+def _check_not_empty(data: bytes | str) -> None:
+    """Refuse a file of zero bytes: what a writer leaves between truncating and writing."""
+    if not data:
+        raise TableError(
+            "the file is empty (a table without services is a comment line, or [] in JSON)"
+        )
 
 
 def _read(path: str):
@@ -255,11 +265,12 @@ def _read(path: str):
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except OSError as exc:
-        raise TableError(f"{path}: {exc.strerror}") from None
+        raise TableError(exc.strerror) from None
+    _check_not_empty(text)
     try:
         return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise TableError(f"{path}: not valid JSON/YAML: {exc}") from None
+        raise TableError(f"not valid JSON/YAML: {exc}") from None
 
 
 def load_table(path: str) -> dict[str, Service]:

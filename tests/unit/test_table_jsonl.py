@@ -155,6 +155,10 @@ def test_random_edits_read_like_the_whole_file(tmp_path):
         end = rng.choice(("\n", "\r\n"))
         text = end.join(lines) + rng.choice((end, ""))
         path.write_bytes(text.encode())
+        if not text:  # zero bytes: refused, the last good table stays
+            with pytest.raises(TableError, match="the file is empty"):
+                watched.read()
+            continue
         try:
             expected = parse_lines(text.encode())
         except TableError as exc:
@@ -168,3 +172,22 @@ def test_random_edits_read_like_the_whole_file(tmp_path):
             if name in previous and previous[name] == service:
                 assert service is previous[name], (step, name)
         previous = got
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".yaml"])
+def test_an_emptied_file_keeps_the_last_table_and_an_empty_table_is_explicit(tmp_path, suffix):
+    """Zero bytes is what a writer leaves between truncating and writing: refused. A table
+    without services says so (a comment line, or [] in JSON)."""
+    path = tmp_path / f"t{suffix}"
+    path.write_text(json.dumps(A) + "\n" if suffix == ".jsonl" else json.dumps([A]))
+    watched = TableFile(str(path))
+    assert list(watched.read()) == ["a.b.c.d"]
+    path.write_bytes(b"")
+    with pytest.raises(TableError, match=rf"t\{suffix}: the file is empty"):
+        watched.changed()
+    path.write_text("[]" if suffix == ".json" else "# no services\n")
+    assert watched.changed() == {}
+    path.unlink()
+    with pytest.raises(TableError) as missing:
+        watched.changed()
+    assert str(missing.value) == f"{path}: No such file or directory"

@@ -17,6 +17,8 @@ POLICIES = (ROUND_ROBIN, CLOSEST)
 # The reference's IpType strings for each policy, used on its REST bodies.
 IP_TYPE_OF_POLICY = {ROUND_ROBIN: "RR", CLOSEST: "Closest"}
 POLICY_OF_IP_TYPE = {v: k for k, v in IP_TYPE_OF_POLICY.items()}
+# The largest instance number: a path segment of 12 digits is the most the root's API reads back.
+MAX_INSTANCE_NUMBER = 10**12 - 1
 
 _NAME_PART = re.compile(r"^[a-zA-Z0-9]{1,30}$")
 

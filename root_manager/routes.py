@@ -13,7 +13,7 @@ from oaknet import oakestra, web
 from oaknet.auth import CLUSTER, ORCHESTRATOR, READER, Principal
 from oaknet.fastlane import Answer, FastRoute, query_args
 from oaknet.feed import Feed
-from oaknet.model import ModelError, parse_job_name
+from oaknet.model import MAX_INSTANCE_NUMBER, ModelError, parse_job_name
 from oaknet.ops import feed_health, ops_blueprint
 from oaknet.pools import Pools
 from oaknet.store import Change
@@ -22,7 +22,6 @@ from oaknet.web import ApiError, bad_request, field, int_field, json_body, not_f
 from root_manager.answers import Answers
 from root_manager.clusters import Clusters, check_cluster_id
 from root_manager.services import (
-    MAX_INSTANCE_NUMBER,
     SERVICE,
     UNDEPLOY_ALL,
     Record,

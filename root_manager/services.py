@@ -27,8 +27,6 @@ SERVICE = "service"  # key: job id
 SERVICE_NAME = "service_name"  # key: job name -> {"job_id"}: one id per name, claimed atomically
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 UNDEPLOY_ALL = -1
-# The largest instance number: a path segment of 12 digits is the most the API reads back.
-MAX_INSTANCE_NUMBER = 10**12 - 1
 
 
 @dataclass

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from oaknet.model import ModelError, parse_job_name
+from oaknet.model import MAX_INSTANCE_NUMBER, ModelError, parse_job_name
 from sdn.agent import Agent
 from sdn.local import Container, LocalError
 
@@ -178,8 +178,8 @@ def _service_name(body: dict, name: str) -> str:
 
 def _instance(body: dict, name: str) -> int:
     value = _field(body, name, int)
-    if value < 0:
-        raise LocalError(400, "bad_request", name, "must be >= 0")
+    if not 0 <= value <= MAX_INSTANCE_NUMBER:
+        raise LocalError(400, "bad_request", name, f"must be between 0 and {MAX_INSTANCE_NUMBER}")
     return value
 
 

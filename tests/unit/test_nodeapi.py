@@ -166,6 +166,8 @@ def test_own_api_returns_instance_ips_and_lists(client, agent):
         ({"pid": -4}, 400, "pid"),
         ({"instanceNumber": "0"}, 400, "instanceNumber"),
         ({"instanceNumber": -1}, 400, "instanceNumber"),
+        ({"instanceNumber": 10**12}, 400, "instanceNumber"),
+        ({"instanceNumber": 2**70}, 400, "instanceNumber"),
         ({"serviceName": "not-a-job"}, 400, "serviceName"),
         ({"serviceName": 7}, 400, "serviceName"),
         ({"serviceName": "shop.prod.nothere.default"}, 404, "serviceName"),

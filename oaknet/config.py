@@ -110,6 +110,11 @@ class AuthConfig:
             raise ConfigError(f"{key}.jwt_secret", "HS256 needs jwt_secret or jwt_secret_file")
         if self.jwt_algorithm == "RS256" and not self.jwt_public_key_file:
             raise ConfigError(f"{key}.jwt_public_key_file", "RS256 needs a public key file")
+        if self.jwt_algorithm is None and (
+            self.jwt_secret or self.jwt_secret_file or self.jwt_public_key_file
+        ):
+            # A key without an algorithm would silently refuse every token.
+            raise ConfigError(f"{key}.jwt_algorithm", "a JWT key is set: say HS256 or RS256")
         for name in ("tokens_file", "jwt_secret_file", "jwt_public_key_file"):
             path = getattr(self, name)
             if path and not Path(path).is_file():

@@ -149,6 +149,10 @@ def test_auth_config_is_validated(tmp_path):
         AuthConfig().validate()
     with pytest.raises(ConfigError, match="needs jwt_secret"):
         AuthConfig(jwt_algorithm="HS256").validate()
+    with pytest.raises(ConfigError, match="a JWT key is set: say HS256 or RS256"):
+        AuthConfig(
+            tokens={"t": {"subject": "x", "roles": ["admin"]}}, jwt_secret="k" * 40
+        ).validate()
     with pytest.raises(ConfigError, match="at least 32 bytes"):
         Authenticator(AuthConfig(jwt_algorithm="HS256", jwt_secret="short"))
     with pytest.raises(ConfigError, match="unknown role"):

@@ -99,7 +99,12 @@ def create_app(agent: Agent, status: Callable[[], dict] | None = None) -> Flask:
         service = _service_name(body, "service")
         instance = _instance(body, "instance")
         mappings = _field(body, "port_mappings", str, required=False)
-        c = agent.attach(netns if netns is not None else pid, service, instance, mappings)
+        try:
+            c = agent.attach(netns if netns is not None else pid, service, instance, mappings)
+        except LocalError as exc:
+            # The agent names the NetManager fields; this request has its own names.
+            exc.field = _OWN_FIELDS.get(exc.field, exc.field)
+            raise
         return jsonify(_container_view(agent, c)), 201
 
     @app.get("/api/v1/containers")
@@ -174,6 +179,13 @@ def _service_name(body: dict, name: str) -> str:
     except ModelError as exc:
         raise LocalError(400, "bad_request", name, exc.message) from None
     return value
+
+
+_OWN_FIELDS = {
+    "serviceName": "service",
+    "instanceNumber": "instance",
+    "portMappings": "port_mappings",
+}
 
 
 def _instance(body: dict, name: str) -> int:

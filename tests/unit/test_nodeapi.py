@@ -156,6 +156,15 @@ def test_own_api_returns_instance_ips_and_lists(client, agent):
     assert client.delete(f"/api/v1/containers/{WEB}/3").status_code == 200
     res = client.delete(f"/api/v1/containers/{WEB}/3")
     assert res.status_code == 404 and res.json["error"] == "unknown_container"
+    # Errors of this API name its own fields.
+    res = client.post("/api/v1/containers", json={"pid": 1, "service": WEB, "instance": 99})
+    assert (res.status_code, res.json["field"]) == (404, "instance")
+    res = client.post("/api/v1/containers", json={"pid": 1, "service": "a.b.nothere.c"})
+    assert (res.status_code, res.json["field"]) == (400, "instance")
+    res = client.post(
+        "/api/v1/containers", json={"pid": 1, "service": "a.b.nothere.c", "instance": 0}
+    )
+    assert (res.status_code, res.json["field"]) == (404, "service")
 
 
 @pytest.mark.parametrize(

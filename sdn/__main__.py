@@ -129,6 +129,14 @@ def run(cfg) -> int:
             daemon=True,
         ).start()
 
+    if cfg.container_check_s:
+        threading.Thread(
+            target=_watch_containers,
+            args=(agent, cfg.container_check_s, stop),
+            name="container-watch",
+            daemon=True,
+        ).start()
+
     stop.wait()
     LOG.info("stopping")
     api.close()
@@ -164,6 +172,15 @@ def _ms(value: float | None) -> float | None:
     if value is None or value == float("inf"):
         return None
     return round(value, 3)
+
+
+def _watch_containers(agent, interval: float, stop: threading.Event) -> None:
+    """Detach containers whose veth is gone, every ``interval`` seconds."""
+    while not stop.wait(interval):
+        try:
+            agent.detach_gone()
+        except Exception:  # the next round tries again
+            LOG.exception("checking the containers' veths failed")
 
 
 def _watch_table(table_file, agent, interval: float, stop: threading.Event) -> None:

@@ -290,6 +290,23 @@ class Agent(TableOps):
             self.cluster.report_undeployed(record)
         return record
 
+    def detach_gone(self) -> list[Container]:
+        """Detach the containers whose veth has disappeared (their namespace ended without a
+        detach: the container stopped or was removed); in cluster mode the cluster is told."""
+        with self._lock:
+            ports = {c.port_name: c for c in self.containers.values()}
+        if not ports:
+            return []
+        gone = []
+        for name in self.ops.missing_veths(sorted(ports)):
+            c = ports[name]
+            LOG.info(
+                "%s instance %d: its veth %s is gone; detaching it", c.service, c.instance, name
+            )
+            if self.detach(c.service, c.instance) is not None:
+                gone.append(c)
+        return gone
+
     def local_port(self, c: Container) -> LocalPort:
         """The pipeline's view of a local container (with its instance IPs from the table)."""
         svc = self.file_table.get(c.service)

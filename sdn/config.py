@@ -85,6 +85,7 @@ class AgentConfig:
     rtt_port: int = 50104
     rtt_interval_s: float = 1.0
     audit_interval_s: float = 60.0  # idle switch re-read and repaired this often; 0: never
+    container_check_s: float = 5.0  # containers whose veth is gone are detached; 0: never
     log_level: str = "INFO"
     # -- cluster mode ---------------------------------------------------------------------
     cluster_url: str | None = None  # the cluster manager; set = cluster mode
@@ -265,6 +266,8 @@ def _validate(cfg: AgentConfig) -> None:
         raise ConfigError("tunnel_kind", f"{cfg.tunnel_kind!r} is not vxlan or geneve")
     if cfg.audit_interval_s != 0 and not 1 <= cfg.audit_interval_s <= 86400:
         raise ConfigError("audit_interval_s", f"{cfg.audit_interval_s} is not 0 or 1..86400")
+    if cfg.container_check_s != 0 and not 0.1 <= cfg.container_check_s <= 3600:
+        raise ConfigError("container_check_s", f"{cfg.container_check_s} is not 0 or 0.1..3600")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level", f"{cfg.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
 

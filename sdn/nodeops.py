@@ -16,6 +16,7 @@ from ovs_setup import bridge as ovs_bridge
 from ovs_setup import container as ovs_container
 from ovs_setup import ovsdb
 from ovs_setup.netns import NetnsError, open_netns
+from ovs_setup.rtnl import Rtnl
 from sdn.config import AgentConfig
 from sdn.conntrack import Conntrack, ConntrackError
 from sdn.local import Container, LocalError
@@ -287,6 +288,11 @@ class NodeOps:
             )
         if res.returncode != 0:
             raise RuntimeError(f"replace-flows on {target}: {res.stderr.strip()}")
+
+    def missing_veths(self, port_names: list[str]) -> list[str]:
+        """The names among ``port_names`` that no longer exist as devices on this node."""
+        with Rtnl.open() as rtnl:
+            return [name for name in port_names if rtnl.link(name) is None]
 
     def detach(self, port_name: str) -> None:
         """Remove a container's OVS port and veth (nothing if gone)."""

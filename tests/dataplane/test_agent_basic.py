@@ -2,11 +2,13 @@
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
 import testbed as tb_lib
 from agent_support import instance, service, start_agents, udp_connected, write_table
+from testbed.agents import wait_until
 
 pytestmark = pytest.mark.dataplane
 
@@ -39,7 +41,7 @@ def node(testbed):
             service(EMPTY, rr="10.30.0.9"),
         ],
     )
-    [agent] = start_agents(testbed, [worker], table)
+    [agent] = start_agents(testbed, [worker], table, container_check_s=0.5)
     client = testbed.add_container(worker, "c1")
     server = testbed.add_container(worker, "s1")
     answer = agent.attach(server, WEB, 0)
@@ -175,3 +177,29 @@ def test_restarted_switch_is_reprogrammed(node):
     assert sorted(agent.worker.dump_flows()) == before
     got = tb_lib.http_get(client.netns, "http://10.30.0.1/")
     assert got["body"] == "web-0", got
+
+
+def test_a_container_whose_namespace_ended_is_detached(node, testbed):
+    """The container stopped without a detach: its namespace, and with it the veth, is gone.
+    The agent notices and removes its flows and OVS port."""
+    agent, client, _, _ = node
+    [gone] = [
+        c
+        for c in agent.call("GET", "/api/v1/containers")[1]["containers"]
+        if c["service"] == CLIENT
+    ]
+    subprocess.run(["ip", "netns", "del", client.netns], check=True)
+
+    def detached() -> bool:
+        return [
+            c["service"] for c in agent.call("GET", "/api/v1/containers")[1]["containers"]
+        ] == [WEB]
+
+    wait_until("the agent to detach the ended container", detached, timeout=10)
+    assert gone["port_name"] not in agent.worker.ofctl("show")
+    assert not [f for f in agent.worker.dump_flows() if gone["namespace_ip"] + "," in f]
+    # The instance can start again in a new container, and reaches the untouched server.
+    again = testbed.add_container(agent.worker, "c2")
+    agent.attach(again, CLIENT, 0)
+    got = tb_lib.http_get(again.netns, "http://10.30.0.1/info")
+    assert got["error"] is None and json.loads(got["body"])["name"] == "web-0", got

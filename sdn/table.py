@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -62,7 +63,21 @@ def _parse(data, known: Parsed) -> tuple[dict[str, Service], Parsed]:
             raise TableError(f"service {svc.name} is listed twice")
         table[svc.name] = svc
         entries[svc.name] = (item, svc)
+    owners: dict[str, str] = {}
+    for pos, svc in enumerate(table.values()):
+        for addr in claims(svc):
+            other = owners.setdefault(addr, svc.name)
+            if other != svc.name:
+                raise TableError(f"service #{pos}: address {addr} is {other}'s already")
     return table, entries
+
+
+def claims(svc: Service) -> list[str]:
+    """The semantic addresses ``svc`` holds: its service IPs and its instances' IPs."""
+    out = [a for sip in svc.service_ips for a in (sip.ipv4, sip.ipv6) if a]
+    out += [a for i in svc.instances for a in (i.instance_ip, i.instance_ip_v6) if a]
+    # One spelling per address: IPv6 has several.
+    return [ipaddress.ip_address(a).compressed if ":" in a else a for a in out]
 
 
 def parse_lines(data: bytes) -> dict[str, Service]:
@@ -78,6 +93,7 @@ class _Lines:
     ends: list[int]  # offset after each line's newline (after the last byte for the last line)
     services: list[Service | None]  # by line; None for blank and comment lines
     table: dict[str, Service]
+    owners: dict[str, str]  # semantic address -> the name of the service that holds it
 
 
 def _parse_all(data: bytes) -> _Lines:
@@ -93,12 +109,14 @@ def _parse_all(data: bytes) -> _Lines:
         pos += len(piece) + 1
         ends.append(min(pos, len(data)))
         services.append(_parse_line(piece, number))
-    return _Lines(data, ends, services, _index(services))
+    return _Lines(data, ends, services, *_index(services))
 
 
-def _index(services: list[Service | None]) -> dict[str, Service]:
-    """The services by name; TableError naming the lines of a service listed twice."""
+def _index(services: list[Service | None]) -> tuple[dict[str, Service], dict[str, str]]:
+    """The services by name and the owners of their addresses; TableError naming the lines
+    of a service listed twice or of an address two services hold."""
     table: dict[str, Service] = {}
+    owners: dict[str, str] = {}
     first: dict[str, int] = {}
     for number, svc in enumerate(services, 1):
         if svc is None:
@@ -110,7 +128,13 @@ def _index(services: list[Service | None]) -> dict[str, Service]:
             )
         table[svc.name] = svc
         first[svc.name] = number
-    return table
+        for addr in claims(svc):
+            other = owners.setdefault(addr, svc.name)
+            if other != svc.name:
+                raise TableError(
+                    f"line {number}: address {addr} is {other}'s already (line {first[other]})"
+                )
+    return table, owners
 
 
 def _reparse(old: _Lines, data: bytes) -> _Lines:
@@ -152,10 +176,36 @@ def _reparse(old: _Lines, data: bytes) -> _Lines:
     shift = size - size_old
     tail_ends = ends[last:] if not shift else [end + shift for end in ends[last:]]
     services = old.services[:first] + mid + old.services[last:]
-    table = _replace(old.table, old.services[first:last], mid)
-    if table is None:
-        table = _index(services)  # raises, naming the lines
-    return _Lines(data, ends[:first] + mid_ends + tail_ends, services, table)
+    gone = old.services[first:last]
+    table = _replace(old.table, gone, mid)
+    owners = old.owners if table is not None and _reclaim(old.owners, gone, mid) else None
+    if table is None or owners is None:
+        table, owners = _index(services)  # raises, naming the lines
+    return _Lines(data, ends[:first] + mid_ends + tail_ends, services, table, owners)
+
+
+def _reclaim(
+    owners: dict[str, str], gone: list[Service | None], new: list[Service | None]
+) -> bool:
+    """Move the addresses of ``gone`` to ``new`` in ``owners``; False (and ``owners`` as it
+    was) when two services would hold one address."""
+    dropped = {svc.name for svc in gone if svc is not None}
+    claimed: dict[str, str] = {}
+    for svc in new:
+        if svc is None:
+            continue
+        for addr in claims(svc):
+            other = claimed.setdefault(addr, svc.name)
+            held = owners.get(addr)
+            if other != svc.name or (held not in (None, svc.name) and held not in dropped):
+                return False
+    for svc in gone:
+        if svc is not None:
+            for addr in claims(svc):
+                if owners.get(addr) == svc.name:
+                    del owners[addr]
+    owners.update(claimed)
+    return True
 
 
 def _replace(

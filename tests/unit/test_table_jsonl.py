@@ -132,6 +132,9 @@ def test_random_edits_read_like_the_whole_file(tmp_path):
     variants = [
         *(json.dumps(s) for s in pool),
         *(json.dumps({**s, "job_id": "v2"}) for s in pool[:10]),
+        # Other names holding an address of the pool: refused while the owner is there.
+        json.dumps(svc("s.ns.dup.ns", "10.30.0.1")),
+        json.dumps(svc("s.ns.dupi.ns", "10.30.0.250", "10.30.1.2")),
         "",
         "# comment",
         "  ",
@@ -191,3 +194,41 @@ def test_an_emptied_file_keeps_the_last_table_and_an_empty_table_is_explicit(tmp
     with pytest.raises(TableError) as missing:
         watched.changed()
     assert str(missing.value) == f"{path}: No such file or directory"
+
+
+def test_an_address_two_services_hold_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "t.jsonl"
+    write(path, A, B, C)
+    watched = TableFile(str(path))
+    first = watched.read()
+    taken_sip = svc("m.n.o.p", "10.30.0.2")  # B's service IP
+    taken_inst = svc("m.n.o.p", "10.30.0.9", "10.30.1.1")  # A's instance IP
+    for lines, error in (
+        ((A, B, C, taken_sip), r"line 4: address 10\.30\.0\.2 is e\.f\.g\.h's already \(line 2\)"),
+        (
+            (A, B, C, taken_inst),
+            r"line 4: address 10\.30\.1\.1 is a\.b\.c\.d's already \(line 1\)",
+        ),
+    ):
+        write(path, *lines)
+        with pytest.raises(TableError, match=error):
+            watched.changed()
+    # The address moves when its holder lets it go in the same change.
+    write(path, A, C, taken_sip)
+    moved = watched.changed()
+    assert (
+        sorted(moved) == ["a.b.c.d", "i.j.k.l", "m.n.o.p"] and moved["a.b.c.d"] is first["a.b.c.d"]
+    )
+    # IPv6 has several spellings of one address; JSON tables are checked too.
+    six = {**C, "service_ips": [{"policy": "round-robin", "ipv6": "fdff:2000::1"}]}
+    other = {
+        **svc("q.r.s.t", "10.30.0.7"),
+        "service_ips": [{"policy": "round-robin", "ipv6": "fdff:2000:0::0:1"}],
+    }
+    write(path, A, six, other)
+    with pytest.raises(TableError, match="address fdff:2000::1 is i.j.k.l's already"):
+        watched.changed()
+    doc = tmp_path / "t.json"
+    doc.write_text(json.dumps([A, six, other]))
+    with pytest.raises(TableError, match=r"service #2: address fdff:2000::1 is i\.j\.k\.l's"):
+        load_table(str(doc))

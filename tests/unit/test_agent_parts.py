@@ -130,8 +130,11 @@ def test_table_file_reload_and_errors(tmp_path):
     tf = TableFile(str(path))
     assert list(tf.read()) == ["a.b.c.d"]
     assert tf.changed() is None
-    path.write_text(json.dumps({"services": [svc, {**svc, "name": "e.f.g.h"}]}))
+    other = {"name": "e.f.g.h", "service_ips": [{"policy": "round-robin", "ipv4": "10.30.0.2"}]}
+    path.write_text(json.dumps({"services": [svc, other]}))
     assert sorted(tf.changed()) == ["a.b.c.d", "e.f.g.h"]
+    with pytest.raises(TableError, match="address 10.30.0.1 is a.b.c.d's already"):
+        parse_table([svc, {**svc, "name": "e.f.g.h"}])
     with pytest.raises(TableError, match="twice"):
         parse_table([svc, svc])
     with pytest.raises(TableError, match="#0"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import ipaddress
 import logging
 import threading
 import time
@@ -491,8 +492,18 @@ class Agent(TableOps):
             LOG.warning("switch did not confirm %s within 10 s", delta.summary())
 
     def _flush(self, addresses: Iterable[str | None]) -> None:
-        for addr in addresses:
-            if not addr:
+        wanted = [a for a in addresses if a]
+        if not wanted:
+            return
+        try:
+            # One dump first: most removed addresses have no connections, and a flush and
+            # its check are two calls to ovs-vswitchd per address.
+            present = self.conntrack.reply_srcs(pl.ZONE_DNAT)
+        except ConntrackError as exc:
+            LOG.warning("conntrack dump failed (%s): flushing every address", exc)
+            present = None
+        for addr in wanted:
+            if present is not None and ipaddress.ip_address(addr).compressed not in present:
                 continue
             try:
                 self.conntrack.flush_reply_src(pl.ZONE_DNAT, addr)

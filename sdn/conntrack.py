@@ -13,11 +13,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import subprocess
 
 LOG = logging.getLogger(__name__)
 
 MAX_ROUNDS = 24
+_REPLY_SRC = re.compile(r"reply=\(src=([0-9a-fA-F.:]+),")
 
 
 class ConntrackError(RuntimeError):
@@ -47,6 +49,11 @@ class Conntrack:
         if res.returncode != 0:
             raise ConntrackError(f"{' '.join(args)}: {res.stderr.strip() or res.stdout.strip()}")
         return res.stdout
+
+    def reply_srcs(self, zone: int) -> set[str]:
+        """The reply-direction source addresses of ``zone``'s entries (one dump)."""
+        text = self.appctl("dpctl/dump-conntrack", f"zone={zone}")
+        return {ipaddress.ip_address(m).compressed for m in _REPLY_SRC.findall(text)}
 
     def count_reply_src(self, zone: int, addr: str) -> int:
         """How many entries of ``zone`` have ``addr`` as the source of their reply direction."""

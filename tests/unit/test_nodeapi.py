@@ -63,11 +63,20 @@ class FakeOps:
         self.attached.pop(port_name, None)
 
 
+class _Everything:
+    def __contains__(self, item):
+        return True
+
+
 class FakeConntrack:
     """Records the flushes."""
 
     def __init__(self):
         self.flushed = []
+
+    def reply_srcs(self, zone):
+        """Every address has entries here: each removed one is flushed."""
+        return _Everything()
 
     def flush_reply_src(self, zone, addr):
         """Record one flush."""

@@ -114,6 +114,8 @@ def run(cfg) -> int:
             for ip, p in sorted(agent.peers.items())
         ]
         out = {"switch": switch.status(), "peers": peers, "mode": "offline"}
+        if table_file is not None:
+            out["table"] = {"path": table_file.path, "last_error": table_file.last_error}
         if sync is not None:
             out.update(mode="cluster", cluster=sync.status())
         return out

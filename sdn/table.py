@@ -349,6 +349,7 @@ class TableFile:
         self._stamp: tuple | None = None
         self._entries: Parsed = {}
         self._lines: _Lines | None = None
+        self.last_error: str | None = None  # why the last read was refused (None: it was not)
 
     def _current_stamp(self) -> tuple | None:
         try:
@@ -369,7 +370,9 @@ class TableFile:
             else:
                 table, self._entries = _parse(_read(self.path), self._entries)
         except TableError as exc:
-            raise TableError(f"{self.path}: {exc}") from None
+            self.last_error = f"{self.path}: {exc}"
+            raise TableError(self.last_error) from None
+        self.last_error = None
         return table
 
     def changed(self) -> dict[str, Service] | None:

@@ -58,12 +58,15 @@ def test_offline_agent_follows_a_jsonl_table(testbed):
     # A bad line: the agent says which and keeps the last good table.
     _write(path, ["# three services", *_services(extra=True), '{"name": "lines.ns.s9.ns",'])
     _wait(lambda: "line 5, column" in agent.tail(), agent, "error naming the line")
-    assert agent.health()["services"] == 3
+    health = agent.health()
+    assert health["services"] == 3
+    assert "line 5, column" in health["table"]["last_error"], health["table"]
     assert sorted(worker.dump_flows()) == flows
 
     # Fixed by a new service at the end: it is programmed, the others are unchanged.
     new = service("lines.ns.s9.ns", rr="10.30.0.9", instances=[instance(0, "10.30.64.90", PEER)])
     _write(path, ["# three services", *_services(extra=True), new])
     _wait(lambda: agent.health()["services"] == 4, agent, "fourth service")
+    assert agent.health()["table"] == {"path": path, "last_error": None}
     _wait(lambda: worker.dump_flows("table=5,ip,nw_dst=10.30.64.90"), agent, "route to s9")
     assert "nat(dst=10.30.64.1)" in worker.ofctl("dump-groups", group)

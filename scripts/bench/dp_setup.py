@@ -29,10 +29,10 @@ UDP_PORT = 9000  # dp_tools' echo
 IPERF_PORTS = {"service": 5201, "direct": 5202, "kernel_nat": 5203, "instance_ip": 5204}
 # One request/answer server per path for the connection measurements. The service, instance-IP
 # and kernel-NAT paths reach the target with the same source address as another path (the
-# client's instance IP, or its namespace IP), so with one port they would share the target's
-# TIME_WAIT connections: the client reuses a source port within a minute at thousands of
-# connections per second, and the target's kernel then refuses a SYN whose timestamps and
-# sequence numbers come from another path's translation (PAWS) until it is sent again 1 s later.
+# client's instance IP, or its namespace IP), so with one port they would reuse the tuples
+# another path left in TIME_WAIT (the client wraps its source ports within a minute at
+# thousands of connections per second), with timestamps and sequence numbers chosen for
+# another destination address: one path's figures would depend on the others'.
 PATH_TCP_PORTS = {"service": 8001, "direct": 8002, "kernel_nat": 8003, "instance_ip": 8004}
 # The address the client's own kernel translates (kube-proxy style) to the instance's
 # namespace IP; outside every semantic range, so oaknet never sees it.

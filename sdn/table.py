@@ -176,55 +176,45 @@ def _reparse(old: _Lines, data: bytes) -> _Lines:
     shift = size - size_old
     tail_ends = ends[last:] if not shift else [end + shift for end in ends[last:]]
     services = old.services[:first] + mid + old.services[last:]
-    gone = old.services[first:last]
-    table = _replace(old.table, gone, mid)
-    owners = old.owners if table is not None and _reclaim(old.owners, gone, mid) else None
-    if table is None or owners is None:
-        table, owners = _index(services)  # raises, naming the lines
+    replaced = _replace(old.table, old.owners, old.services[first:last], mid)
+    table, owners = replaced if replaced is not None else _index(services)  # raises, naming lines
     return _Lines(data, ends[:first] + mid_ends + tail_ends, services, table, owners)
 
 
-def _reclaim(
-    owners: dict[str, str], gone: list[Service | None], new: list[Service | None]
-) -> bool:
-    """Move the addresses of ``gone`` to ``new`` in ``owners``; False (and ``owners`` as it
-    was) when two services would hold one address."""
+def _replace(
+    table: dict[str, Service],
+    owners: dict[str, str],
+    gone: list[Service | None],
+    new: list[Service | None],
+) -> tuple[dict[str, Service], dict[str, str]] | None:
+    """``table`` without ``gone`` and with ``new``, and ``owners`` with their addresses moved
+    along (updated in place: it is the old read's, which this one replaces); None, with both
+    untouched, when a name or an address would be there twice."""
     dropped = {svc.name for svc in gone if svc is not None}
+    added: dict[str, Service] = {}
     claimed: dict[str, str] = {}
     for svc in new:
         if svc is None:
             continue
+        if svc.name in added or (svc.name in table and svc.name not in dropped):
+            return None
+        added[svc.name] = svc
         for addr in claims(svc):
             other = claimed.setdefault(addr, svc.name)
             held = owners.get(addr)
             if other != svc.name or (held not in (None, svc.name) and held not in dropped):
-                return False
+                return None
+    out = dict(table)
+    out.update(added)  # a name already there keeps its place
+    for name in dropped - added.keys():
+        del out[name]
     for svc in gone:
         if svc is not None:
             for addr in claims(svc):
                 if owners.get(addr) == svc.name:
                     del owners[addr]
     owners.update(claimed)
-    return True
-
-
-def _replace(
-    table: dict[str, Service], gone: list[Service | None], new: list[Service | None]
-) -> dict[str, Service] | None:
-    """``table`` without ``gone`` and with ``new``; None when a name would be there twice."""
-    dropped = {svc.name for svc in gone if svc is not None}
-    out = dict(table)
-    added: set[str] = set()
-    for svc in new:
-        if svc is None:
-            continue
-        if svc.name in added or (svc.name in out and svc.name not in dropped):
-            return None
-        added.add(svc.name)
-        out[svc.name] = svc  # a name already there keeps its place
-    for name in dropped - added:
-        del out[name]
-    return out
+    return out, owners
 
 
 _CHUNK = 1 << 16  # compare this many bytes at once: slices of it cost little to copy

@@ -52,14 +52,17 @@ class Conntrack:
 
     def reply_srcs(self, zone: int) -> set[str]:
         """The reply-direction source addresses of ``zone``'s entries (one dump)."""
-        text = self.appctl("dpctl/dump-conntrack", f"zone={zone}")
-        return {ipaddress.ip_address(m).compressed for m in _REPLY_SRC.findall(text)}
+        return set(self._reply_srcs(zone))
 
     def count_reply_src(self, zone: int, addr: str) -> int:
         """How many entries of ``zone`` have ``addr`` as the source of their reply direction."""
+        want = ipaddress.ip_address(addr).compressed
+        return sum(1 for src in self._reply_srcs(zone) if src == want)
+
+    def _reply_srcs(self, zone: int) -> list[str]:
+        """The reply-direction source address of each of ``zone``'s entries."""
         text = self.appctl("dpctl/dump-conntrack", f"zone={zone}")
-        needle = f"reply=(src={ipaddress.ip_address(addr).compressed},"
-        return sum(1 for line in text.splitlines() if needle in line)
+        return [ipaddress.ip_address(m).compressed for m in _REPLY_SRC.findall(text)]
 
     def flush_reply_src(self, zone: int, addr: str) -> int:
         """Flush every entry of ``zone`` whose reply comes from ``addr``; return the rounds.

@@ -6,7 +6,6 @@ import ctypes
 import fcntl
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -136,13 +135,6 @@ def iproute(netns: str | int | None = None) -> Iterator[IPRoute]:
         yield ipr
     finally:
         ipr.close()
-
-
-def netns_socket(netns: str | int | None, family: int, kind: int) -> socket.socket:
-    """Return a socket created inside ``netns`` (None: the current namespace)."""
-    if netns is None:
-        return socket.socket(family, kind)
-    return call_in_netns(netns, lambda: socket.socket(family, kind))
 
 
 def create_named(name: str) -> None:

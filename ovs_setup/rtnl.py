@@ -11,7 +11,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ovs_setup.netns import call_in_netns
+from ovs_setup.netns import in_netns
 
 LOG = logging.getLogger(__name__)
 
@@ -102,9 +102,7 @@ class Rtnl:
     @classmethod
     def open(cls, netns: str | int | None = None) -> Rtnl:
         """Open a socket in ``netns`` (path, name or PID; None: the calling thread's)."""
-        if netns is None:
-            return cls(_new_socket())
-        return cls(call_in_netns(netns, _new_socket))
+        return cls(in_netns(netns, _new_socket))
 
     def close(self) -> None:
         """Close the socket."""

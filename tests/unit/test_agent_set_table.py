@@ -3,10 +3,9 @@
 import dataclasses
 
 import pytest
-from test_nodeapi import FakeConntrack, FakeOps, FakeSink
+from test_nodeapi import fake_agent
 
 from oaknet.model import Instance, Service, ServiceIP
-from sdn import config
 from sdn.agent import Agent
 
 pytestmark = pytest.mark.unit
@@ -24,20 +23,7 @@ def _svc(i: int, instances: int = 1) -> Service:
 
 @pytest.fixture
 def agent(tmp_path):
-    cfg = config.from_dict(
-        {
-            "node_name": "n1",
-            "node_ip": "192.0.2.1",
-            "subnet_v4": "10.18.0.0/29",
-            "peers": ["192.0.2.2"],
-            "state_dir": str(tmp_path / "state"),
-            "socket": str(tmp_path / "s"),
-        }
-    )
-    ag = Agent(cfg, ops=FakeOps(), conntrack=FakeConntrack())
-    ag.sink = FakeSink()
-    ag.start({s.name: s for s in map(_svc, range(3))})
-    return ag
+    return fake_agent(tmp_path, {s.name: s for s in map(_svc, range(3))}, peers=["192.0.2.2"])
 
 
 def _groups(agent: Agent) -> set[int]:

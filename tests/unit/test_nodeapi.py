@@ -102,20 +102,27 @@ class FakeSink:
         return True
 
 
-@pytest.fixture
-def agent(tmp_path):
+def fake_agent(tmp_path, table: dict, **settings) -> Agent:
+    """A started agent of node n1 (192.0.2.1, subnet 10.18.0.0/29) on fake OVS, conntrack and
+    switch; ``settings`` add to or replace its configuration."""
     cfg = config.from_dict(
         {
             "node_name": "n1",
             "node_ip": "192.0.2.1",
             "subnet_v4": "10.18.0.0/29",
-            "subnet_v6": "fc00::/120",
             "state_dir": str(tmp_path / "state"),
             "socket": str(tmp_path / "s"),
+            **settings,
         }
     )
     ag = Agent(cfg, ops=FakeOps(), conntrack=FakeConntrack())
     ag.sink = FakeSink()
+    ag.start(table)
+    return ag
+
+
+@pytest.fixture
+def agent(tmp_path):
     table = {
         WEB: Service(
             WEB,
@@ -123,8 +130,7 @@ def agent(tmp_path):
             instances=[Instance(n, f"10.30.0.{10 + n}", node_ip="192.0.2.1") for n in range(8)],
         )
     }
-    ag.start(table)
-    return ag
+    return fake_agent(tmp_path, table, subnet_v6="fc00::/120")
 
 
 @pytest.fixture
